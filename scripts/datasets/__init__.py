@@ -1,0 +1,1 @@
+"""Dataset builders and converters that write datalists (DESIGN §2)."""

@@ -1,0 +1,184 @@
+"""What the ignite engines need beyond MONAI's: the masked loss, a batch preparer that hands the
+mask to it, checkpoint identity, resume, and an evaluator that skips unreadable cases.
+
+SupervisedTrainer passes only ``targets`` to the loss. ``prepare_landmark_batch`` therefore returns
+``targets = {"label": heatmaps, "mask": label_mask}`` and ``MaskedHeatmapMSELoss`` reads both; the
+trainer runs with ``decollate=False`` since nothing downstream needs per-item outputs.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import torch
+from ignite.engine import Events
+from monai.engines import SupervisedEvaluator
+from monai.handlers import CheckpointSaver
+
+logger = logging.getLogger(__name__)
+
+
+class MaskedHeatmapMSELoss(torch.nn.Module):
+    """Mean squared error over the channels annotated in each case (mask 1); unannotated ones add nothing."""
+
+    def forward(self, pred: torch.Tensor, target) -> torch.Tensor:
+        if isinstance(target, dict):
+            label, mask = target["label"], target["mask"]
+        else:
+            label, mask = target, torch.ones(pred.shape[:2], device=pred.device)
+        squared = (pred - label) ** 2
+        per_channel = squared.flatten(2).mean(dim=2)
+        mask = mask.to(per_channel)
+        return (per_channel * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def prepare_landmark_batch(batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
+    """(image, {"label", "mask"}) for the trainer; the evaluator uses MONAI's default."""
+    image = batchdata["image"].to(device=device, non_blocking=non_blocking, **kwargs)
+    target = {
+        "label": batchdata["label"].to(device=device, non_blocking=non_blocking, **kwargs),
+        "mask": batchdata["label_mask"].to(device=device, non_blocking=non_blocking, **kwargs),
+    }
+    return image, target
+
+
+def plans_hash(plans_file: str) -> str:
+    with open(plans_file, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+class LandmarkCheckpointInfo:
+    """Stored beside the weights so a checkpoint knows which landmarks its channels are.
+
+    Loading a checkpoint whose names differ from the config's is an error, never a silent mix-up.
+    """
+
+    def __init__(self, landmark_names: Sequence[str], plans_hash: str = "", source: str = "checkpoint"):
+        self.landmark_names = list(landmark_names)
+        self.plans_hash = plans_hash
+        self.source = source
+
+    def state_dict(self) -> dict:
+        return {"landmark_names": self.landmark_names, "plans_hash": self.plans_hash}
+
+    def load_state_dict(self, state: dict) -> None:
+        names = list(state.get("landmark_names", []))
+        if names != self.landmark_names:
+            missing = [n for n in self.landmark_names if n not in names]
+            extra = [n for n in names if n not in self.landmark_names]
+            detail = f"missing {missing}, unexpected {extra}" if (missing or extra) else "same names in another order"
+            raise SystemExit(f"{self.source}: checkpoint landmarks do not match the config ({detail})")
+        if state.get("plans_hash") and self.plans_hash and state["plans_hash"] != self.plans_hash:
+            logger.warning("%s: trained with other plans (%s) than configs/plans.json (%s)", self.source, state["plans_hash"], self.plans_hash)
+
+
+def latest_checkpoint(ckpt_dir: str, prefix: str = "checkpoint") -> str | None:
+    """The newest full training state in ckpt_dir, or None."""
+    found = glob.glob(os.path.join(ckpt_dir, f"{prefix}_*.pt"))
+    return max(found, key=os.path.getmtime) if found else None
+
+
+class ResumeTraining:
+    """At the start of a run, load the last full training state (model, optimizer, scheduler, trainer) if any.
+
+    MONAI's CheckpointLoader needs a path at construction time; this handler looks when the run starts,
+    so ``python -m monai.bundle run`` simply continues an interrupted training. The trainer's own state
+    is added here because the config cannot reference the trainer from inside its own handler list.
+    """
+
+    def __init__(self, ckpt_dir: str, load_dict: dict, prefix: str = "checkpoint", enabled: bool = True):
+        self.ckpt_dir = ckpt_dir
+        self.load_dict = load_dict
+        self.prefix = prefix
+        self.enabled = enabled
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine) -> None:
+        path = latest_checkpoint(self.ckpt_dir, self.prefix) if self.enabled else None
+        if path is None:
+            return
+        from monai.handlers import CheckpointLoader
+
+        CheckpointLoader(load_path=path, load_dict={**self.load_dict, "trainer": engine}, map_location="cpu")(engine)
+        logger.info("resumed from %s at epoch %d", path, engine.state.epoch)
+        if engine.state.epoch >= engine.state.max_epochs:
+            logger.info("training already complete (%d epochs)", engine.state.max_epochs)
+
+
+class TrainingStateSaver(CheckpointSaver):
+    """MONAI's CheckpointSaver that also saves the trainer it is attached to (for ResumeTraining)."""
+
+    def attach(self, engine) -> None:
+        self.save_dict["trainer"] = engine
+        super().attach(engine)
+
+
+class LandmarkEvaluator(SupervisedEvaluator):
+    """SupervisedEvaluator that passes over cases whose loading failed (batch carries ``error``).
+
+    Such a case produces no prediction and no postprocessing; handlers see ``{"error": ...}`` as
+    the iteration output and report it.
+    """
+
+    def _iteration(self, engine, batchdata: dict) -> dict:
+        errors = batchdata.get("error") if isinstance(batchdata, dict) else None
+        if errors is not None and any(errors):
+            return {"error": list(errors), "image_path": list(batchdata.get("image_path", []))}
+        return super()._iteration(engine, batchdata)
+
+
+def write_json(path: str, data: dict) -> None:
+    from scripts.landmark_io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+class EpochProgress:
+    """A progress bar over each epoch's iterations and one log line per epoch (loss, lr, time)."""
+
+    def __init__(self, show_bar: bool | None = None):
+        self.show_bar = sys.stderr.isatty() if show_bar is None else show_bar
+        self.losses: list[float] = []
+
+    def attach(self, engine) -> None:
+        if self.show_bar:
+            from ignite.handlers import ProgressBar
+
+            ProgressBar(persist=False, ncols=100).attach(engine, output_transform=lambda out: {"loss": float(out["loss"])})
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self.losses.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: self.losses.append(float(e.state.output["loss"])))
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.log_epoch)
+        engine.add_event_handler(Events.COMPLETED, self.log_summary)
+
+    def log_epoch(self, engine) -> None:
+        lr = engine.optimizer.param_groups[0]["lr"] if hasattr(engine, "optimizer") else float("nan")
+        mean = sum(self.losses) / max(len(self.losses), 1)
+        seconds = engine.state.times.get("EPOCH_COMPLETED") or 0.0
+        logger.info("epoch %d/%d: loss %.6f, lr %.2e, %.1f s", engine.state.epoch, engine.state.max_epochs, mean, lr, seconds)
+
+    def log_summary(self, engine) -> None:
+        total = engine.state.times.get("COMPLETED") or 0.0
+        logger.info("training finished: %d epochs, %d iterations, %.1f min", engine.state.epoch, engine.state.iteration, total / 60)
+
+
+DEFAULT_FOUND_THRESHOLD = 0.25
+
+
+def found_threshold(calibration_file: str, default: float = DEFAULT_FOUND_THRESHOLD) -> float:
+    """The peak score below which a landmark is reported ``found: false``.
+
+    Calibrated after training into models/calibration.json; until then a documented default:
+    a trained model's peaks sit near 0.5-1.0, an absent structure's below 0.1.
+    """
+    if not os.path.exists(calibration_file):
+        return default
+    with open(calibration_file) as f:
+        return float(json.load(f).get("found_threshold", default))

@@ -1,0 +1,104 @@
+"""Image headers through SimpleITK, the one reader policy, and image sanity checks.
+
+World coordinates mean what ITK (and so Slicer) means. MONAI's NibabelReader may pick the other
+of a NIfTI's qform/sform when they disagree, so pixels are loaded with ITKReader everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from scripts.errors import LandmarkDataError
+
+IMAGE_READER = "ITKReader"  # the MONAI LoadImage reader name used for every image
+
+
+@dataclass
+class ImageHeader:
+    """Geometry of a 3D scalar image; `affine` maps voxel index (i, j, k) to RAS world mm."""
+
+    path: str
+    shape: tuple[int, int, int]
+    spacing: tuple[float, ...]
+    affine: np.ndarray
+    n_components: int
+
+
+def ras_affine(direction, spacing, origin) -> np.ndarray:
+    """4x4 voxel -> RAS affine from ITK's LPS direction (row-major 3x3), spacing and origin."""
+    affine = np.eye(4)
+    affine[:3, :3] = np.asarray(direction, dtype=np.float64).reshape(3, 3) * np.asarray(spacing, dtype=np.float64)
+    affine[:3, 3] = origin
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+
+
+def _short_sitk_message(error: Exception) -> str:
+    """SimpleITK's multi-line exception text reduced to its one informative line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    errors = [line for line in lines if "ERROR:" in line]
+    message = (errors or lines or [type(error).__name__])[-1]
+    message = message.split("ERROR:", 1)[-1].strip()
+    return message if len(message) <= 200 else message[:197] + "..."
+
+
+def _dicom_series_files(folder: str) -> list[str]:
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
+    if not series:
+        raise LandmarkDataError(folder, "no DICOM series found in folder")
+    if len(series) > 1:
+        # MONAI's ITKReader would silently take one of them; refuse the ambiguity instead.
+        raise LandmarkDataError(folder, f"folder holds {len(series)} DICOM series; give one series per folder")
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, series[0]))
+
+
+def _open(path: str):
+    """A SimpleITK object holding the geometry: the header reader of a file, the loaded series of a DICOM folder."""
+    try:
+        if os.path.isdir(path):
+            return sitk.ReadImage(_dicom_series_files(path))
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(path)
+        reader.ReadImageInformation()
+        return reader
+    except RuntimeError as error:
+        raise LandmarkDataError(path, f"cannot read image: {_short_sitk_message(error)}") from None
+
+
+def _components(source) -> int:
+    if isinstance(source, sitk.Image):
+        return source.GetNumberOfComponentsPerPixel()
+    return source.GetNumberOfComponents()
+
+
+def read_image_header(path) -> ImageHeader:
+    """Shape, spacing and RAS affine of a 3D scalar image file or DICOM series folder, without its pixels."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise LandmarkDataError(path, "image file not found")
+    source = _open(path)
+    dimension, size, components = source.GetDimension(), source.GetSize(), _components(source)
+    if dimension != 3:
+        raise LandmarkDataError(path, f"{dimension}D image of size {list(size)}: expected a 3D image")
+    if components != 1:
+        raise LandmarkDataError(path, f"multi-component (vector) image with {components} components: expected scalar")
+    return ImageHeader(
+        path=path,
+        shape=tuple(int(n) for n in size),
+        spacing=tuple(float(s) for s in source.GetSpacing()),
+        affine=ras_affine(source.GetDirection(), source.GetSpacing(), source.GetOrigin()),
+        n_components=int(components),
+    )
+
+
+def check_finite(path, array) -> None:
+    """LandmarkDataError when the intensities hold NaN or infinity (numpy or torch array)."""
+    if hasattr(array, "detach"):
+        array = array.detach().cpu().numpy()
+    array = np.asarray(array)
+    if np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.complexfloating):
+        if not np.isfinite(array).all():
+            raise LandmarkDataError(path, "image contains NaN or infinite intensities")

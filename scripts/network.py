@@ -1,0 +1,47 @@
+"""The landmark heatmap network: MONAI's DynUNet with a sigmoid on its output.
+
+DynUNet has no output activation; the nnLandmark recipe regresses Gaussian heatmaps in [0, 1] with a
+sigmoid and an MSE loss. Wrapping (rather than subclassing) keeps the state-dict keys ``net.*`` stable
+for every loader: ckpt_export, MONAI Label, folds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.nets import DynUNet
+
+
+class LandmarkHeatmapNet(torch.nn.Module):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Sequence[Sequence[int]],
+        strides: Sequence[Sequence[int]],
+        filters: Sequence[int],
+        norm_name: str = "instance",
+        res_block: bool = True,
+        initial_output: float = 0.05,
+    ):
+        super().__init__()
+        self.net = DynUNet(
+            spatial_dims=3,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            kernel_size=[list(k) for k in kernel_size],
+            strides=[list(s) for s in strides],
+            upsample_kernel_size=[list(s) for s in strides[1:]],
+            filters=list(filters),
+            norm_name=norm_name,
+            res_block=res_block,
+            deep_supervision=False,
+        )
+        # Start near the background value instead of sigmoid(0) = 0.5 everywhere: otherwise the first
+        # epochs only learn to output zeros (the targets are >99% background).
+        output_conv = self.net.output_block.conv.conv
+        torch.nn.init.constant_(output_conv.bias, float(torch.logit(torch.tensor(initial_output))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(x))

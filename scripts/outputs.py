@@ -1,0 +1,114 @@
+"""Per-case landmark files (DESIGN §3) and the run summary for a folder or datalist."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from ignite.engine import Events
+from monai.transforms import Transform
+
+from scripts.landmark_io import atomic_write_text, write_landmarks
+from scripts.metrics import case_items
+
+logger = logging.getLogger(__name__)
+
+
+def _as_list(values) -> list:
+    return np.asarray(values, dtype=np.float64).round(4).tolist()
+
+
+def landmark_record(image: str, names: Sequence[str], data: Mapping, descriptions: Mapping[str, str] | None = None) -> dict:
+    world = np.asarray(data["pred_landmarks_world"], dtype=np.float64)
+    voxel = np.asarray(data["pred_landmarks_input_voxel"], dtype=np.float64)
+    scores = np.asarray(data["pred_scores"], dtype=np.float64)
+    found = np.asarray(data["pred_found"], dtype=bool)
+    landmarks = {}
+    for i, name in enumerate(names):
+        landmarks[name] = {
+            "position": _as_list(world[i]),
+            "voxel": _as_list(voxel[i]),
+            "score": round(float(scores[i]), 4),
+            "found": bool(found[i]),
+        }
+        if descriptions and descriptions.get(name):
+            landmarks[name]["description"] = descriptions[name]
+    return {"image": image, "coordinate_system": "RAS", "units": "mm", "landmarks": landmarks}
+
+
+class WriteLandmarksd(Transform):
+    """Write ``<stem>.json``, ``<stem>.fcsv`` and ``<stem>.mrk.json`` into output_dir (atomic writes)."""
+
+    def __init__(self, output_dir: str, landmark_names: Sequence[str], descriptions: Mapping[str, str] | None = None, formats: Sequence[str] = (".json", ".fcsv", ".mrk.json")):
+        self.output_dir = output_dir
+        self.landmark_names = list(landmark_names)
+        self.descriptions = dict(descriptions or {})
+        self.formats = list(formats)
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        image = str(d.get("image_path") or d["image"].meta.get("filename_or_obj", ""))
+        stem = d.get("stem") or os.path.basename(image)
+        base = os.path.join(self.output_dir, stem)
+        os.makedirs(os.path.dirname(base), exist_ok=True)
+        record = landmark_record(image, self.landmark_names, d, self.descriptions)
+        positions = {name: value["position"] for name, value in record["landmarks"].items()}
+        for suffix in self.formats:
+            if suffix == ".json":
+                atomic_write_text(base + ".json", json.dumps(record, indent=2) + "\n")
+            else:
+                write_landmarks(base + suffix, positions, self.descriptions)
+        d["output_files"] = [base + s for s in self.formats]
+        return d
+
+
+class InferenceSummary:
+    """Collects every case's landmarks (or its error) and writes ``summary.csv`` when the run ends.
+
+    ``failures`` lists ``<file>: <problem>`` lines; ``exit_on_failures`` turns them into the exit code.
+    """
+
+    def __init__(self, output_dir: str, landmark_names: Sequence[str]):
+        self.output_dir = output_dir
+        self.landmark_names = list(landmark_names)
+        self.rows: list[list] = []
+        self.failures: list[str] = []
+        self.cases = 0
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.COMPLETED, self.write)
+
+    def collect(self, engine) -> None:
+        output = engine.state.output
+        if isinstance(output, dict) and "error" in output:
+            self.failures.extend(output["error"])
+            self.cases += len(output["error"])
+            return
+        for item in case_items(engine.state):
+            self.cases += 1
+            world, scores, found = item["pred_landmarks_world"], item["pred_scores"], item["pred_found"]
+            for i, name in enumerate(self.landmark_names):
+                x, y, z = (round(float(v), 4) for v in world[i])
+                self.rows.append([item.get("stem", ""), name, x, y, z, round(float(scores[i]), 4), bool(found[i])])
+
+    def write(self, engine=None) -> None:
+        os.makedirs(self.output_dir, exist_ok=True)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["case", "landmark", "x", "y", "z", "score", "found"])
+        writer.writerows(self.rows)
+        atomic_write_text(os.path.join(self.output_dir, "summary.csv"), buffer.getvalue())
+        done = self.cases - len(self.failures)
+        print(f"landmarks written for {done} of {self.cases} case(s) into {self.output_dir}")
+        for line in self.failures:
+            print(f"failed: {line}")
+
+    def exit_on_failures(self) -> None:
+        if self.failures:
+            raise SystemExit(f"{len(self.failures)} case(s) failed; see the lines above")

@@ -1,0 +1,39 @@
+"""Read the planner's output (configs/plans.json): the one place every dataset-specific number lives.
+
+The configs only ever read ``plans["configuration"]``; the fingerprint and the reasons beside it are
+for people.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from monai.transforms import NormalizeIntensityd, ScaleIntensityRanged
+
+
+def load_configuration(plans_file: str) -> dict:
+    try:
+        with open(plans_file) as f:
+            plans = json.load(f)
+    except FileNotFoundError:
+        raise SystemExit(f"{plans_file}: no plans; run `python -m scripts.plan DATALIST --bundle_root DIR` first") from None
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"{plans_file}: not valid JSON ({err})") from None
+    return plans["configuration"]
+
+
+def pair_indices(configuration: Mapping) -> list[list[int]]:
+    """Left/right pairs as channel indices, the form transforms and extraction use."""
+    names = list(configuration["landmark_names"])
+    return [[names.index(p["left"]), names.index(p["right"])] for p in configuration.get("left_right_pairs", [])]
+
+
+def normalization_transform(keys, normalization: Mapping):
+    """MR: z-score per image over non-zero voxels. CT: clip to the dataset's foreground percentiles,
+    then z-score with the dataset's foreground mean/std (one linear map with clipping)."""
+    if normalization.get("scheme") == "ct_clip_zscore":
+        lo, hi = normalization["clip"]
+        mean, std = normalization["mean"], max(normalization["std"], 1e-8)
+        return ScaleIntensityRanged(keys, a_min=lo, a_max=hi, b_min=(lo - mean) / std, b_max=(hi - mean) / std, clip=True)
+    return NormalizeIntensityd(keys, nonzero=True)
