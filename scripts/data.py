@@ -4,17 +4,17 @@ an up-front integrity check, and a dataset that reports unreadable cases instead
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from monai.data import Dataset
 
-from scripts.errors import LandmarkDataError
-from scripts.image_io import read_image_header
-from scripts.landmark_io import Datalist, landmarks_to_array, load_datalist, world_to_voxel
+from scripts.errors import LandmarkDataError, exits_on_data_error
+from scripts.image_io import check_image_data, read_image_header
+from scripts.landmark_io import landmarks_to_array, load_datalist, world_to_voxel
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 
@@ -35,6 +35,7 @@ def _with_stems(entries: list[dict], root: str) -> list[dict]:
     return [{**entry, "stem": image_stem(entry["image"], root)} for entry in entries]
 
 
+@exits_on_data_error
 def select_cases(datalist_file: str, section: str, fold: int | None = None, folds: Sequence[dict] | None = None) -> list[dict]:
     """Entries of one datalist section; with a fold, the planner's split of "training" decides.
 
@@ -42,7 +43,7 @@ def select_cases(datalist_file: str, section: str, fold: int | None = None, fold
     """
     datalist = load_datalist(datalist_file)
     root = str(Path(datalist_file).resolve().parent)
-    if fold is not None and fold >= 0 and folds:
+    if fold is not None and fold >= 0 and folds and section in ("training", "validation"):
         if fold >= len(folds):
             raise SystemExit(f"{datalist_file}: fold {fold} requested but the plans have {len(folds)} folds")
         training = datalist.section("training")
@@ -52,16 +53,21 @@ def select_cases(datalist_file: str, section: str, fold: int | None = None, fold
 
 
 def check_cases(entries: Sequence[dict], landmark_names: Sequence[str], what: str = "training") -> list[dict]:
-    """Verify cases before a long run starts: readable 3D images, annotations inside their own images.
+    """Verify cases before a long run starts: readable 3D images with finite intensities, annotations
+    inside their own images.
 
-    Exits with one line per problem (all problems, not only the first) naming the file.
+    Reads every image once (the training cache reads them anyway) and exits with one line per problem
+    (all problems, not only the first), each naming the file.
     """
     if not entries:
         raise SystemExit(f"no {what} cases in the datalist")
     problems = []
     for entry in entries:
         try:
-            header = read_image_header(entry["image"] if isinstance(entry["image"], str) else entry["image"][0])
+            images = [entry["image"]] if isinstance(entry["image"], str) else list(entry["image"])
+            for image in images:
+                header = read_image_header(image)
+                check_image_data(image)
             world = landmarks_to_array(entry.get("landmarks") or {}, landmark_names)
             voxels = world_to_voxel(header.affine, world)
             shape = np.asarray(header.shape)
@@ -71,7 +77,7 @@ def check_cases(entries: Sequence[dict], landmark_names: Sequence[str], what: st
                 if np.any(voxels[i] < -0.5) or np.any(voxels[i] > shape - 0.5)
             ]
             if outside:
-                raise LandmarkDataError(entry.get("landmarks_source", entry["image"]), f"landmark(s) outside the image: {', '.join(outside)}")
+                raise LandmarkDataError(images[0], f"annotated landmark(s) outside the image: {', '.join(outside)}")
         except LandmarkDataError as err:
             problems.append(str(err))
     if problems:
@@ -79,6 +85,7 @@ def check_cases(entries: Sequence[dict], landmark_names: Sequence[str], what: st
     return list(entries)
 
 
+@exits_on_data_error
 def resolve_inputs(input_path: str, output_dir: str | None = None) -> list[dict]:
     """``--input`` as a file, a folder (searched recursively for images) or a datalist (its testing cases)."""
     path = Path(input_path)
@@ -131,10 +138,30 @@ def _one_line(entry: dict, err: Exception) -> str:
     return f"{entry.get('image')}: cannot load ({message[:200]})"
 
 
-def load_json(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
 
+class DistributedRandomSampler(torch.utils.data.Sampler):
+    """Each rank draws ``num_samples`` case indices with replacement, from its own stream per epoch.
 
-def datalist_landmarks(datalist_file: str) -> Datalist:
-    return load_datalist(datalist_file)
+    The single-process trainer uses RandomSampler(replacement=True, num_samples=...); this is its DDP
+    twin (DistributedSampler would split the few cases instead of the iterations).
+    """
+
+    def __init__(self, data_source, num_samples: int, seed: int = 0):
+        import torch.distributed as dist
+
+        self.size = len(data_source)
+        self.num_samples = int(num_samples)
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + 100003 * self.rank + self.epoch)
+        self.epoch += 1
+        return iter(torch.randint(self.size, (self.num_samples,), generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples

@@ -107,7 +107,9 @@ class ResumeTraining:
             return
         from monai.handlers import CheckpointLoader
 
+        epoch_length = engine.state.epoch_length
         CheckpointLoader(load_path=path, load_dict={**self.load_dict, "trainer": engine}, map_location="cpu")(engine)
+        engine.state.epoch_length = epoch_length  # the configured schedule wins over the saved one
         logger.info("resumed from %s at epoch %d", path, engine.state.epoch)
         if engine.state.epoch >= engine.state.max_epochs:
             logger.info("training already complete (%d epochs)", engine.state.max_epochs)

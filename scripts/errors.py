@@ -8,3 +8,20 @@ class LandmarkDataError(ValueError):
         self.source = str(source)
         self.problem = problem
         super().__init__(f"{self.source}: {problem}")
+
+
+def exits_on_data_error(function):
+    """For functions the configs call: bad input ends the program with its one-line message, no traceback.
+
+    MONAI's config parser wraps ordinary exceptions in a long traceback; SystemExit passes through it.
+    """
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except LandmarkDataError as error:
+            raise SystemExit(f"error: {error}") from None
+
+    return wrapper

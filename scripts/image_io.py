@@ -7,8 +7,10 @@ of a NIfTI's qform/sform when they disagree, so pixels are loaded with ITKReader
 from __future__ import annotations
 
 import os
+import zlib
 from dataclasses import dataclass
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
@@ -102,3 +104,24 @@ def check_finite(path, array) -> None:
     if np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.complexfloating):
         if not np.isfinite(array).all():
             raise LandmarkDataError(path, "image contains NaN or infinite intensities")
+
+
+def check_image_data(path) -> None:
+    """Read all pixels once: truncated or corrupt data and NaN/inf intensities only show here.
+
+    NIfTI goes through nibabel because ITK hides both problems: it zero-fills a truncated .nii.gz and
+    reads NaN voxels as 0, so the pixels the pipeline loads (through ITK) look clean.
+    """
+    path = str(path)
+    if path.lower().endswith((".nii", ".nii.gz")):
+        try:
+            array = np.asanyarray(nib.load(path).dataobj)
+        except (OSError, EOFError, zlib.error, ValueError) as error:
+            message = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
+            raise LandmarkDataError(path, f"cannot read image: truncated or corrupt file ({message})") from None
+    else:
+        try:
+            array = sitk.GetArrayViewFromImage(sitk.ReadImage(_dicom_series_files(path) if os.path.isdir(path) else path))
+        except RuntimeError as error:
+            raise LandmarkDataError(path, f"cannot read image data: {_short_sitk_message(error)}") from None
+    check_finite(path, array)

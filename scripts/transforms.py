@@ -10,7 +10,8 @@ channels) rewrite ``landmarks_world``.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+import os
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from monai.transforms import Flip, MapTransform, Randomizable, RandomizableTrans
 
 from scripts.errors import LandmarkDataError
 from scripts.heatmaps import extract_landmarks, pair_permutation, correct_left_right, render_heatmaps
-from scripts.image_io import check_finite
+from scripts.image_io import check_finite, check_image_data
 from scripts.landmark_io import landmarks_to_array, voxel_to_world, world_to_voxel
 
 
@@ -69,6 +70,8 @@ class CheckImaged(MapTransform):
         for key in self.key_iterator(d):
             image = d[key]
             source = image_source(image)
+            if os.path.exists(source):
+                check_image_data(source)  # the file itself: ITK hides truncation and NaN (image_io)
             if image.ndim != 4:
                 raise LandmarkDataError(source, f"expected a 3D image, got {image.ndim - 1} spatial dimensions")
             if image.shape[0] != self.channels:

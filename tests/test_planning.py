@@ -18,7 +18,7 @@ from scripts.planning.decisions import (
     determine_target_spacing,
     network_topology,
 )
-from scripts.planning.fingerprint import left_right_candidates
+from scripts.planning.fingerprint import left_right_candidates, name_variants
 from scripts.planning.memory import count_parameters, estimate_inference_memory_bytes
 
 MIDLINE = {  # RAS mm around the image centre; x = 0 is the mid-sagittal plane
@@ -95,7 +95,7 @@ def ct_dataset(root):
         save_nifti(root / f"ct{case}.nii.gz", image.astype(np.int16), spacing)
         points = {"A": (-10, 0, 0), "B": (10, 0, 0), "C": (0, 12, -10), "D": (0, -12, 10)}
         entries.append({"image": f"ct{case}.nii.gz", "landmarks": {k: list(v) for k, v in points.items()}})
-    return write_datalist(root, entries)
+    return write_datalist(root, entries, left_right_pairs=[{"left": "A", "right": "B"}])
 
 
 N_MANY = 60
@@ -221,6 +221,9 @@ def test_ct_detected_and_clipped_with_dataset_statistics(cts):
     # foreground > -500 HU: tissue (40) and bone (700), never air
     assert -20 < norm["clip"][0] < 20 and 750 < norm["clip"][1] < 900
     assert 40 < norm["mean"] < 700
+    # pairs given by the datalist are kept as given
+    assert plans["configuration"]["left_right_pairs"] == [{"left": "A", "right": "B"}]
+    assert fingerprint["left_right_pairs_source"] == "datalist"
 
 
 def test_ct_anisotropic_spacing_and_strides(cts):
@@ -307,7 +310,36 @@ def test_some_landmarks_outside_is_a_warning(tmp_path):
     assert fingerprint["warnings"] == [f"{tmp_path / 'a.nii.gz'}: landmark(s) outside the image: A"]
 
 
+def test_two_channel_input(tmp_path):
+    rng = np.random.default_rng(3)
+    save_nifti(tmp_path / "t1.nii.gz", rng.normal(100, 5, (24, 24, 24)).astype(np.float32), (1, 1, 1))
+    ct = np.full((24, 24, 24), -1000.0)
+    ct[4:20, 4:20, 4:20] = 40
+    save_nifti(tmp_path / "ct.nii.gz", ct.astype(np.int16), (1, 1, 1))
+    entries = [{"image": ["t1.nii.gz", "ct.nii.gz"], "landmarks": {"A": [0, 0, 0], "B": [5, 0, 0]}}]
+    fingerprint = fingerprint_dataset(write_datalist(tmp_path, entries))
+    assert fingerprint["in_channels"] == 2 and fingerprint["modality"] == ["MR", "CT"]
+    assert fingerprint["images"][0]["image"] == ["t1.nii.gz", "ct.nii.gz"]
+    config = make_plans(fingerprint, "cpu")["configuration"]
+    assert config["in_channels"] == 2 and config["modality"] == "MR+CT"
+    assert config["normalization"]["scheme"] == "zscore_per_image"
+    assert config["folds"] == []  # one case
+
+
+def test_error_channels_on_different_grids(tmp_path):
+    save_nifti(tmp_path / "a.nii.gz", np.ones((16, 16, 16), np.float32), (1, 1, 1))
+    save_nifti(tmp_path / "b.nii.gz", np.ones((16, 16, 12), np.float32), (1, 1, 1))
+    entries = [{"image": ["a.nii.gz", "b.nii.gz"], "landmarks": {"A": [0, 0, 0]}}]
+    with pytest.raises(LandmarkDataError, match=r"b\.nii\.gz: shape \[16, 16, 12\] differs"):
+        fingerprint_dataset(write_datalist(tmp_path, entries))
+
+
 # ----------------------------------------------------------------------------- pure rules
+
+
+def test_name_variants():
+    assert name_variants(["AC", "ac", "P C", "PC", "LSLMS"]) == [["AC", "ac"], ["P C", "PC"]]
+
 
 
 def test_side_names():
@@ -404,7 +436,6 @@ def test_folds_by_case_count():
 
 
 def test_memory_model_counts_parameters_and_channels():
-    torch = pytest.importorskip("torch")
     from monai.networks.nets import DynUNet
 
     kernels, strides, filters = [[3, 3, 1], [3, 3, 1], [3, 3, 3], [3, 3, 3]], [[1, 1, 1], [2, 2, 1], [2, 2, 2], [2, 2, 2]], [16, 32, 64, 128]
@@ -415,4 +446,3 @@ def test_memory_model_counts_parameters_and_channels():
     assert large - small >= 55 * 100 * 100 * 50 * 4  # one aggregated heatmap per landmark
     with pytest.raises(ValueError, match="not divisible"):
         estimate_training_memory_bytes([30, 32, 16], 1, 1, 5, kernels, strides, filters)
-    assert torch is not None

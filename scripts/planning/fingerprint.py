@@ -8,7 +8,6 @@ seed, so the same datalist always gives the same fingerprint. The rules are in d
 from __future__ import annotations
 
 import os
-import re
 from collections import Counter
 
 import numpy as np
@@ -355,7 +354,11 @@ def _midline_offsets(positions: np.ndarray, names: list[str], midlines: list[flo
     """Per landmark: median over cases of |x - mid-sagittal plane x| (mm)."""
     result = {}
     for i, name in enumerate(names):
-        values = [abs(positions[c, i, 0] - midlines[c]) for c in range(positions.shape[0]) if np.all(np.isfinite(positions[c, i])) and np.isfinite(midlines[c])]
+        values = [
+            abs(positions[c, i, 0] - midlines[c])
+            for c in range(positions.shape[0])
+            if np.all(np.isfinite(positions[c, i])) and np.isfinite(midlines[c])
+        ]
         result[name] = _r(np.median(values), 3) if values else None
     return result
 

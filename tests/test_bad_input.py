@@ -1,0 +1,178 @@
+"""Bad input ends in one line naming the file and the problem: no traceback, nothing half-written.
+
+The checks run exactly as the configs call them (``select_cases`` -> ``check_cases`` for train.json,
+the planner's CLI for scripts.plan); two cases also go through ``python -m monai.bundle run``.
+"""
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from scripts.data import check_cases, select_cases
+
+NAMES = ["AC", "PC"]
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def write_image(path: Path, array: np.ndarray, affine=None) -> str:
+    nib.save(nib.Nifti1Image(array.astype(np.float32), np.eye(4) if affine is None else affine), str(path))
+    return str(path)
+
+
+def write_datalist(folder: Path, training: list, **extra) -> str:
+    path = folder / "datalist.json"
+    path.write_text(json.dumps({"landmark_names": NAMES, "training": training, **extra}))
+    return str(path)
+
+
+@pytest.fixture()
+def good(tmp_path):
+    image = write_image(tmp_path / "good.nii.gz", np.random.default_rng(0).random((12, 12, 12)))
+    return {"image": "good.nii.gz", "landmarks": {"AC": [3.0, 4.0, 5.0], "PC": [6.0, 6.0, 6.0]}}, image
+
+
+def training_cases(datalist: str) -> list:
+    return check_cases(select_cases(datalist, "training"), NAMES)
+
+
+def assert_one_line_error(excinfo, *fragments):
+    message = str(excinfo.value.code)
+    assert message.startswith("error: ") and "Traceback" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def test_good_case_passes(tmp_path, good):
+    entry, _ = good
+    assert len(training_cases(write_datalist(tmp_path, [entry]))) == 1
+
+
+def test_truncated_image(tmp_path, good):
+    entry, image = good
+    data = Path(image).read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(SystemExit) as excinfo:
+        training_cases(write_datalist(tmp_path, [entry, {**entry, "image": "cut.nii.gz"}]))
+    assert_one_line_error(excinfo, "cut.nii.gz", "cannot read image")
+
+
+def test_corrupt_file(tmp_path, good):
+    entry, _ = good
+    (tmp_path / "noise.nii.gz").write_bytes(gzip.compress(b"this is not an image" * 50))
+    with pytest.raises(SystemExit) as excinfo:
+        training_cases(write_datalist(tmp_path, [{**entry, "image": "noise.nii.gz"}]))
+    assert_one_line_error(excinfo, "noise.nii.gz", "cannot read image")
+
+
+def test_2d_image(tmp_path, good):
+    entry, _ = good
+    write_image(tmp_path / "flat.nii.gz", np.zeros((12, 12)))
+    with pytest.raises(SystemExit) as excinfo:
+        training_cases(write_datalist(tmp_path, [{**entry, "image": "flat.nii.gz"}]))
+    assert_one_line_error(excinfo, "flat.nii.gz", "2D image", "expected a 3D image")
+
+
+def test_4d_image(tmp_path, good):
+    entry, _ = good
+    write_image(tmp_path / "series.nii.gz", np.zeros((12, 12, 12, 3)))
+    with pytest.raises(SystemExit) as excinfo:
+        training_cases(write_datalist(tmp_path, [{**entry, "image": "series.nii.gz"}]))
+    assert_one_line_error(excinfo, "series.nii.gz", "4D image")
+
+
+def test_nan_intensities(tmp_path, good):
+    entry, _ = good
+    array = np.ones((12, 12, 12))
+    array[3, 4, 5] = np.nan
+    write_image(tmp_path / "nan.nii.gz", array)
+    with pytest.raises(SystemExit) as excinfo:
+        training_cases(write_datalist(tmp_path, [{**entry, "image": "nan.nii.gz"}]))
+    assert_one_line_error(excinfo, "nan.nii.gz", "NaN")
+
+
+def test_annotation_outside_its_image(tmp_path, good):
+    entry, _ = good
+    outside = {**entry, "landmarks": {"AC": [3.0, 4.0, 5.0], "PC": [6.0, 60.0, 6.0]}}
+    with pytest.raises(SystemExit) as excinfo:
+        training_cases(write_datalist(tmp_path, [outside]))
+    assert_one_line_error(excinfo, "good.nii.gz", "outside the image", "PC")
+
+
+def test_every_problem_is_reported_at_once(tmp_path, good):
+    entry, _ = good
+    write_image(tmp_path / "flat.nii.gz", np.zeros((12, 12)))
+    outside = {**entry, "landmarks": {"AC": [-40.0, 4.0, 5.0]}}
+    with pytest.raises(SystemExit) as excinfo:
+        training_cases(write_datalist(tmp_path, [{**entry, "image": "flat.nii.gz"}, outside]))
+    lines = str(excinfo.value.code).splitlines()
+    assert len(lines) == 2 and "flat.nii.gz" in lines[0] and "AC" in lines[1]
+
+
+def test_unknown_landmark_name(tmp_path, good):
+    entry, _ = good
+    (tmp_path / "case.json").write_text(json.dumps({"AC": [1, 2, 3], "XYZ": [1, 2, 3]}))
+    with pytest.raises(SystemExit) as excinfo:
+        training_cases(write_datalist(tmp_path, [{**entry, "landmarks": "case.json"}]))
+    assert_one_line_error(excinfo, "case.json", "XYZ")
+
+
+def test_duplicate_landmark_name(tmp_path, good):
+    entry, _ = good
+    (tmp_path / "case.csv").write_text("name,x,y,z\nAC,1,2,3\nAC,2,3,4\n")
+    with pytest.raises(SystemExit) as excinfo:
+        training_cases(write_datalist(tmp_path, [{**entry, "landmarks": "case.csv"}]))
+    assert_one_line_error(excinfo, "case.csv", "duplicate landmark name 'AC'")
+
+
+def test_empty_datalist(tmp_path):
+    with pytest.raises(SystemExit) as excinfo:
+        training_cases(write_datalist(tmp_path, []))
+    assert_one_line_error(excinfo, "datalist.json")
+
+
+def test_missing_image_file(tmp_path, good):
+    entry, _ = good
+    with pytest.raises(SystemExit) as excinfo:
+        training_cases(write_datalist(tmp_path, [{**entry, "image": "nowhere.nii.gz"}]))
+    assert_one_line_error(excinfo, "nowhere.nii.gz", "not found")
+
+
+def run_cli(*args, cwd=PROJECT):
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_planner_cli_one_line_error_and_no_files(tmp_path, good):
+    entry, _ = good
+    datalist = write_datalist(tmp_path, [{**entry, "landmarks": {"AC": [1, 2, 3], "ac ": [2, 3, 4]}}], landmark_names=None)
+    Path(datalist).write_text(json.dumps({"training": [{**entry, "landmarks": {"AC": [1, 2, 3], "ac ": [2, 3, 4]}}]}))
+    bundle = tmp_path / "bundle"
+    result = run_cli("-m", "scripts.plan", datalist, "--bundle_root", bundle)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "differs only in case" in error_lines[0], result.stderr
+    assert not (bundle / "configs").exists(), "nothing written on a bad datalist"
+
+
+def test_train_cli_one_line_error(tmp_path, good):
+    """Through monai.bundle's own CLI: the bad image is named, no traceback, no checkpoint written."""
+    entry, _ = good
+    write_image(tmp_path / "flat.nii.gz", np.zeros((12, 12)))
+    good_list = write_datalist(tmp_path, [entry, {**entry, "image": "good.nii.gz"}])
+    bundle = tmp_path / "bundle"
+    planned = run_cli("-m", "scripts.plan", good_list, "--bundle_root", bundle)
+    assert planned.returncode == 0, planned.stderr
+    bad_list = tmp_path / "bad.json"
+    bad_list.write_text(json.dumps({"landmark_names": NAMES, "training": [{**entry, "image": "flat.nii.gz"}], "validation": [entry]}))
+    result = run_cli("-m", "monai.bundle", "run", "--config_file", "configs/train.json", "--datalist", bad_list, cwd=bundle)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "flat.nii.gz" in result.stderr
+    assert not list((bundle / "models").glob("*.pt"))

@@ -1,0 +1,153 @@
+"""The whole pipeline through its real command lines, on synthetic 3D volumes.
+
+plan -> train (python -m monai.bundle run, ~3 min on 2 cores) -> inference on held-out volumes ->
+evaluate. Seeded, so the accuracy assertions are not flaky. The planner gets a small memory budget
+(it then plans 32^3 patches) and the schedule is shortened on the command line; every other number
+comes from the planner.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from scripts.datasets.synthetic import LANDMARK_NAMES, make_synthetic_dataset
+from scripts.landmark_io import load_datalist, read_landmarks
+
+SCHEDULE = ["--epochs", "40", "--iterations_per_epoch", "25", "--val_interval", "10", "--learning_rate", "0.003"]
+
+
+def run(args, cwd, check=True):
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def bundle_run(bundle, *args, check=True):
+    return run(["-m", "monai.bundle", "run", *args], cwd=bundle, check=check)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    datalist = make_synthetic_dataset(str(root / "data"), n_training=20, n_validation=2, n_testing=6, seed=1)
+    bundle = root / "bundle"
+    run(["-m", "scripts.plan", datalist, "--bundle_root", bundle, "--memory_gb", "0.33"], cwd=Path(__file__).parent.parent)
+    training = bundle_run(bundle, "--config_file", "configs/train.json", *SCHEDULE)
+    return {"root": root, "bundle": bundle, "datalist": datalist, "train_log": training.stdout + training.stderr}
+
+
+@pytest.fixture(scope="module")
+def predictions(trained):
+    out = trained["root"] / "predictions"
+    result = bundle_run(trained["bundle"], "--config_file", "configs/inference.json", "--input", trained["datalist"], "--output_dir", out)
+    return out, result
+
+
+def errors_in_voxels(trained, out) -> np.ndarray:
+    """Radial errors of the inference outputs against the synthetic truth, in voxels of the planned spacing."""
+    spacing = np.mean(json.loads((trained["bundle"] / "configs" / "plans.json").read_text())["configuration"]["spacing"])
+    datalist = load_datalist(trained["datalist"])
+    errors = []
+    for entry in datalist.section("testing"):
+        stem = Path(entry["image"]).name.replace(".nii.gz", "")
+        predicted = json.loads((out / "images" / f"{stem}.json").read_text())["landmarks"]
+        for name, truth in entry["landmarks"].items():
+            errors.append(np.linalg.norm(np.subtract(predicted[name]["position"], truth)) / spacing)
+    return np.array(errors)
+
+
+def test_planned_configs_pass_bundle_property_checks(trained):
+    from monai.bundle import ConfigWorkflow
+
+    cwd = os.getcwd()
+    os.chdir(trained["bundle"])
+    try:
+        for config, kind in (("configs/train.json", "train"), ("configs/inference.json", "infer")):
+            workflow = ConfigWorkflow(config_file=config, workflow_type=kind, input=trained["datalist"])
+            workflow.initialize()
+            assert not workflow.check_properties(), config
+    finally:
+        os.chdir(cwd)
+
+
+def test_training_learns_and_saves_checkpoints(trained):
+    models = trained["bundle"] / "models"
+    best = torch.load(models / "model.pt", map_location="cpu", weights_only=False)
+    assert best["landmark_info"]["landmark_names"] == LANDMARK_NAMES
+    assert any(k.startswith("net.") for k in best["model"])
+    assert len(list(models.glob("checkpoint_*.pt"))) == 1
+    assert "epoch 40/40" in trained["train_log"] and "val_mre" in trained["train_log"]
+
+
+def test_inference_finds_held_out_landmarks(trained, predictions):
+    out, result = predictions
+    errors = errors_in_voxels(trained, out)
+    assert len(errors) == 6 * len(LANDMARK_NAMES)
+    assert np.median(errors) < 2.0, errors
+    assert np.mean(errors <= 4.0) >= 0.9, errors
+    assert "landmarks written for 6 of 6" in result.stdout
+
+
+def test_inference_writes_every_format_consistently(trained, predictions):
+    out, _ = predictions
+    record = json.loads((out / "images" / "testing_000.json").read_text())
+    assert record["coordinate_system"] == "RAS" and record["units"] == "mm"
+    positions = {name: value["position"] for name, value in record["landmarks"].items()}
+    assert set(positions) == set(LANDMARK_NAMES)
+    for suffix in (".fcsv", ".mrk.json"):
+        other = read_landmarks(out / "images" / f"testing_000{suffix}")
+        for name in LANDMARK_NAMES:
+            np.testing.assert_allclose(other[name], positions[name], atol=1e-3)
+    summary = (out / "summary.csv").read_text().strip().splitlines()
+    assert summary[0] == "case,landmark,x,y,z,score,found" and len(summary) == 1 + 6 * len(LANDMARK_NAMES)
+    assert not list(out.rglob("*.tmp*")), "no temporary files left behind"
+
+
+def test_evaluate_reproduces_inference_numbers(trained, predictions):
+    out, _ = predictions
+    report = trained["root"] / "evaluation"
+    bundle_run(trained["bundle"], "--config_file", "['configs/train.json','configs/evaluate.json']",
+               "--eval_section", "testing", "--output_dir", report)
+    metrics = json.loads((report / "metrics.json").read_text())
+    spacing = np.mean(json.loads((trained["bundle"] / "configs" / "plans.json").read_text())["configuration"]["spacing"])
+    errors_mm = errors_in_voxels(trained, out) * spacing
+    assert metrics["overall"]["n"] == len(errors_mm)
+    assert metrics["overall"]["mre"] == pytest.approx(errors_mm.mean(), abs=1e-3)
+    assert metrics["overall"]["sdr_4mm"] == pytest.approx(np.mean(errors_mm <= 4.0), abs=1e-9)
+    assert set(metrics["per_landmark"]) == set(LANDMARK_NAMES)
+    rows = (report / "per_case.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 6 * len(LANDMARK_NAMES)
+
+
+def test_training_resumes_from_its_last_checkpoint(trained):
+    result = bundle_run(trained["bundle"], "--config_file", "configs/train.json", "--epochs", "41", "--iterations_per_epoch", "2",
+                        "--val_interval", "100", "--learning_rate", "0.003")
+    log = result.stdout + result.stderr
+    assert "resumed from" in log and "epoch 41/41" in log and "epoch 1/41" not in log
+
+
+def test_inference_over_a_folder_reports_a_bad_file_and_keeps_the_rest(trained, tmp_path):
+    folder = tmp_path / "scans"
+    (folder / "a").mkdir(parents=True)
+    (folder / "b").mkdir()
+    images = trained["root"] / "data" / "images"
+    shutil.copy(images / "testing_000.nii.gz", folder / "a" / "scan.nii.gz")
+    shutil.copy(images / "testing_001.nii.gz", folder / "b" / "scan.nii.gz")
+    (folder / "b" / "broken.nii.gz").write_bytes((images / "testing_002.nii.gz").read_bytes()[:4000])
+    out = tmp_path / "out"
+    result = bundle_run(trained["bundle"], "--config_file", "configs/inference.json", "--input", folder, "--output_dir", out, check=False)
+    assert result.returncode != 0
+    assert (out / "a" / "scan.json").exists() and (out / "b" / "scan.json").exists(), "same names in two folders never collide"
+    assert not list(out.rglob("broken*")), "no output for the unreadable file"
+    assert "failed:" in result.stdout and "broken.nii.gz" in result.stdout
+    assert "landmarks written for 2 of 3" in result.stdout
+    summary = (out / "summary.csv").read_text()
+    assert "a/scan" in summary and "b/scan" in summary

@@ -1,0 +1,65 @@
+"""Loss, checkpoint identity and the ignite metric, against hand-computed values and real engines."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine
+
+from scripts.engines import LandmarkCheckpointInfo, MaskedHeatmapMSELoss, found_threshold, prepare_landmark_batch
+from scripts.metrics import LandmarkErrorMetric
+
+
+def test_masked_mse_ignores_unannotated_channels():
+    pred = torch.zeros(1, 2, 2, 1, 1)
+    label = torch.zeros(1, 2, 2, 1, 1)
+    label[0, 0, 0] = 1.0  # channel 0: squared errors [1, 0] -> mean 0.5
+    label[0, 1] = 3.0  # channel 1 is wildly wrong but unannotated
+    mask = torch.tensor([[1.0, 0.0]])
+    loss = MaskedHeatmapMSELoss()(pred, {"label": label, "mask": mask})
+    assert loss.item() == pytest.approx(0.5)
+    assert MaskedHeatmapMSELoss()(pred, label).item() == pytest.approx((0.5 + 9.0) / 2)
+
+
+def test_prepare_batch_hands_the_mask_to_the_loss():
+    batch = {"image": torch.ones(1, 1, 2, 2, 2), "label": torch.zeros(1, 3, 2, 2, 2), "label_mask": torch.tensor([[1.0, 0.0, 1.0]])}
+    image, target = prepare_landmark_batch(batch, device="cpu")
+    assert image.shape == (1, 1, 2, 2, 2) and target["mask"].tolist() == [[1.0, 0.0, 1.0]]
+
+
+def test_checkpoint_with_other_landmarks_fails_clearly():
+    info = LandmarkCheckpointInfo(["AC", "PC"], source="models/model.pt")
+    info.load_state_dict({"landmark_names": ["AC", "PC"]})
+    with pytest.raises(SystemExit, match=r"models/model.pt: checkpoint landmarks do not match the config \(missing \['PC'\], unexpected \['ICS'\]\)"):
+        info.load_state_dict({"landmark_names": ["AC", "ICS"]})
+    with pytest.raises(SystemExit, match="same names in another order"):
+        info.load_state_dict({"landmark_names": ["PC", "AC"]})
+
+
+def test_found_threshold_comes_from_calibration(tmp_path):
+    assert found_threshold(str(tmp_path / "missing.json")) == 0.25
+    (tmp_path / "calibration.json").write_text(json.dumps({"found_threshold": 0.42}))
+    assert found_threshold(str(tmp_path / "calibration.json")) == 0.42
+
+
+def test_metric_on_a_real_engine_counts_every_annotated_landmark():
+    """Two cases through an ignite engine: errors 3, 4 (case 1) and 0, 5, unannotated (case 2)."""
+    cases = [
+        ({"landmarks_world": torch.tensor([[0.0, 0, 0], [0, 0, 0], [1, 1, 1]])}, {"pred_landmarks_world": np.array([[3.0, 0, 0], [0, 4, 0], [1, 1, 1]])}),
+        ({"landmarks_world": torch.tensor([[1.0, 2, 3], [0, 0, 0], [np.nan] * 3])}, {"pred_landmarks_world": np.array([[1.0, 2, 3], [3, 4, 0], [9, 9, 9]])}),
+    ]
+
+    def step(engine, batch):
+        engine.state.batch = [batch[0]]
+        return [batch[1]]
+
+    engine = Engine(step)
+    LandmarkErrorMetric("mre").attach(engine, "mre")
+    LandmarkErrorMetric("median").attach(engine, "median")
+    LandmarkErrorMetric("sdr", radius=4.0).attach(engine, "sdr_4mm")
+    state = engine.run(cases, max_epochs=1)
+    # the third landmark of case 1 has error 0: errors are [3, 4, 0, 0, 5]
+    assert state.metrics["mre"] == pytest.approx(12 / 5)
+    assert state.metrics["median"] == pytest.approx(3.0)
+    assert state.metrics["sdr_4mm"] == pytest.approx(4 / 5)
