@@ -8,14 +8,15 @@ are built once here, so the two can never disagree about preprocessing or the ne
 
 from __future__ import annotations
 
-PLANS = "$scripts.plans.load_configuration(@plans_file)"
+PLANS = "$scripts.plans.load_configuration(@plans_file, @stage)"
 DEVICE = "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')"
 
 
 def plan_ids() -> dict:
-    """Top-level ids taken from plans.json, shared by every config."""
+    """Top-level ids taken from plans.json, shared by every config (``stage`` picks a cascade stage's numbers)."""
     return {
         "plans_file": "$@bundle_root + '/configs/plans.json'",
+        "stage": "fine",
         "plans": PLANS,
         "landmark_names": "$@plans['landmark_names']",
         "landmark_descriptions": "$@plans.get('landmark_descriptions', {})",
@@ -27,15 +28,30 @@ def plan_ids() -> dict:
     }
 
 
-def network_def() -> dict:
+def network_def(plans: str = "plans") -> dict:
     return {
         "_target_": "scripts.network.LandmarkHeatmapNet",
         "in_channels": "@in_channels",
         "out_channels": "$len(@landmark_names)",
-        "kernel_size": "$@plans['kernel_size']",
-        "strides": "$@plans['strides']",
-        "filters": "$@plans['filters']",
+        "kernel_size": f"$@{plans}['kernel_size']",
+        "strides": f"$@{plans}['strides']",
+        "filters": f"$@{plans}['filters']",
     }
+
+
+def cascade_ids() -> dict:
+    """Ids of the coarse stage, present when the plans call for a cascade."""
+    return {
+        "coarse_plans": "$scripts.plans.load_configuration(@plans_file, 'coarse')",
+        "coarse_network_def": network_def("coarse_plans"),
+    }
+
+
+def landmark_inferer(cascade: bool) -> dict | str:
+    """Sliding window, or (cascade planned) the coarse-then-fine inferer built from models/coarse_model.pt."""
+    if not cascade:
+        return sliding_window_inferer()
+    return "$scripts.cascade.make_inferer(@plans, @coarse_network_def, @ckpt_dir + '/coarse_model.pt', @device, @stage)"
 
 
 def checkpoint_info() -> dict:
@@ -43,7 +59,7 @@ def checkpoint_info() -> dict:
         "_target_": "scripts.engines.LandmarkCheckpointInfo",
         "landmark_names": "@landmark_names",
         "plans_hash": "$scripts.engines.plans_hash(@plans_file)",
-        "source": "$@ckpt_dir + '/model.pt'",
+        "source": "$@ckpt_dir + '/' + @model_file",
     }
 
 
@@ -74,7 +90,7 @@ def sliding_window_inferer() -> dict:
 def checkpoint_loader() -> dict:
     return {
         "_target_": "CheckpointLoader",
-        "load_path": "$@ckpt_dir + '/model.pt'",
+        "load_path": "$@ckpt_dir + '/' + @model_file",
         "load_dict": {"model": "@network", "landmark_info": "@checkpoint_info"},
         "map_location": "@device",
     }
@@ -168,12 +184,16 @@ def _metric(statistic: str, radius: float | None = None) -> dict:
     return metric
 
 
-def train_config(datalist: str) -> dict:
-    """train.json; ``datalist`` is the config expression or path the planner bakes in."""
+MODEL_FILE = "$'coarse_model.pt' if @stage == 'coarse' else 'model.pt'"
+
+
+def train_config(datalist: str, cascade: bool = False) -> dict:
+    """train.json; ``datalist`` is the config expression or path the planner bakes in; with a cascade,
+    ``--stage coarse`` trains the coarse network into models/coarse_model.pt."""
     training_state = {"model": "@network", "landmark_info": "@checkpoint_info", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler"}
     return {
         "imports": ["$import os", "$import numpy", "$import torch", "$import scripts", "$import scripts.data",
-                    "$import scripts.engines", "$import scripts.metrics", "$import scripts.plans"],
+                    "$import scripts.engines", "$import scripts.metrics", "$import scripts.plans", "$import scripts.cascade"],
         "bundle_root": ".",
         "ckpt_dir": "$@bundle_root + '/models'",
         "output_dir": "$@bundle_root + '/eval'",
@@ -184,6 +204,9 @@ def train_config(datalist: str) -> dict:
         "device": DEVICE,
         "num_workers": 2,
         **plan_ids(),
+        "model_file": MODEL_FILE,
+        "checkpoint_prefix": "$'coarse' if @stage == 'coarse' else ''",
+        **(cascade_ids() if cascade else {}),
         "crop_size": "$[int(round(s * 1.25)) for s in @patch_size]",
         "landmark_region": "$[int(round(s * 0.8)) for s in @patch_size]",
         "batch_size": "$@plans['batch_size']",
@@ -212,11 +235,12 @@ def train_config(datalist: str) -> dict:
                            "persistent_workers": "$@num_workers > 0"},
             "inferer": {"_target_": "SimpleInferer"},
             "handlers": [
-                {"_target_": "scripts.engines.ResumeTraining", "ckpt_dir": "@ckpt_dir", "enabled": "@resume", "load_dict": training_state},
+                {"_target_": "scripts.engines.ResumeTraining", "ckpt_dir": "@ckpt_dir", "enabled": "@resume", "load_dict": training_state,
+                 "prefix": "@checkpoint_prefix"},
                 {"_target_": "ValidationHandler", "validator": "@validate#evaluator", "epoch_level": True, "interval": "@val_interval"},
                 {"_target_": "LrScheduleHandler", "lr_scheduler": "@lr_scheduler", "print_lr": False},
                 {"_target_": "scripts.engines.TrainingStateSaver", "save_dir": "@ckpt_dir", "save_dict": training_state,
-                 "file_prefix": "checkpoint", "save_interval": 1, "n_saved": 1},
+                 "file_prefix": "@checkpoint_prefix", "save_interval": 1, "n_saved": 1},
                 {"_target_": "scripts.engines.EpochProgress"},
             ],
             "trainer": {
@@ -240,12 +264,12 @@ def train_config(datalist: str) -> dict:
             "dataset": {"_target_": "CacheDataset", "data": "@validate#cases", "transform": "@validate#preprocessing",
                         "cache_rate": 1.0, "num_workers": 1, "progress": False},
             "dataloader": {"_target_": "DataLoader", "dataset": "@validate#dataset", "batch_size": 1, "shuffle": False, "num_workers": 0},
-            "inferer": sliding_window_inferer(),
+            "inferer": landmark_inferer(cascade),
             "postprocessing": {"_target_": "scripts.transforms.ExtractLandmarksd", "left_right_pairs": "@left_right_pairs"},
             "handlers": [
                 {"_target_": "StatsHandler", "iteration_log": False},
                 {"_target_": "CheckpointSaver", "save_dir": "@ckpt_dir", "save_dict": {"model": "@network", "landmark_info": "@checkpoint_info"},
-                 "save_key_metric": True, "key_metric_filename": "model.pt", "key_metric_negative_sign": True},
+                 "save_key_metric": True, "key_metric_filename": "@model_file", "key_metric_negative_sign": True},
             ],
             "key_metric": {"val_mre": _metric("mre")},
             "additional_metrics": {
@@ -289,11 +313,11 @@ def evaluate_config() -> dict:
     }
 
 
-def inference_config(default_input: str) -> dict:
+def inference_config(default_input: str, cascade: bool = False) -> dict:
     """inference.json: ``--input`` a scan, a folder or a datalist (its testing cases); ``--output_dir``."""
     return {
         "imports": ["$import os", "$import torch", "$import scripts", "$import scripts.data", "$import scripts.engines",
-                    "$import scripts.outputs", "$import scripts.plans"],
+                    "$import scripts.outputs", "$import scripts.plans", "$import scripts.cascade"],
         "bundle_root": ".",
         "ckpt_dir": "$@bundle_root + '/models'",
         "dataset_dir": "$@bundle_root + '/data'",
@@ -301,6 +325,8 @@ def inference_config(default_input: str) -> dict:
         "output_dir": "$@bundle_root + '/predictions'",
         "device": DEVICE,
         **plan_ids(),
+        "model_file": "model.pt",
+        **(cascade_ids() if cascade else {}),
         "found_threshold": "$scripts.engines.found_threshold(@ckpt_dir + '/calibration.json')",
         "network_def": network_def(),
         "network": "$@network_def.to(@device)",
@@ -309,7 +335,7 @@ def inference_config(default_input: str) -> dict:
         "preprocessing": {"_target_": "Compose", "transforms": load_preprocessing()},
         "dataset": {"_target_": "scripts.data.ReportingDataset", "data": "@cases", "transform": "@preprocessing"},
         "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False, "num_workers": 0},
-        "inferer": sliding_window_inferer(),
+        "inferer": landmark_inferer(cascade),
         "postprocessing": {
             "_target_": "Compose",
             "transforms": [

@@ -49,8 +49,10 @@ def prepare_landmark_batch(batchdata: dict, device=None, non_blocking: bool = Fa
 
 
 def plans_hash(plans_file: str) -> str:
-    with open(plans_file, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:16]
+    """Hash of the planned configuration (the numbers a model was trained with; the fingerprint is not part of it)."""
+    with open(plans_file) as f:
+        configuration = json.load(f)["configuration"]
+    return hashlib.sha256(json.dumps(configuration, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class LandmarkCheckpointInfo:
@@ -78,9 +80,9 @@ class LandmarkCheckpointInfo:
             logger.warning("%s: trained with other plans (%s) than configs/plans.json (%s)", self.source, state["plans_hash"], self.plans_hash)
 
 
-def latest_checkpoint(ckpt_dir: str, prefix: str = "checkpoint") -> str | None:
-    """The newest full training state in ckpt_dir, or None."""
-    found = glob.glob(os.path.join(ckpt_dir, f"{prefix}_*.pt"))
+def latest_checkpoint(ckpt_dir: str, prefix: str = "") -> str | None:
+    """The newest full training state in ckpt_dir (``[prefix_]checkpoint_epoch=N.pt``), or None."""
+    found = glob.glob(os.path.join(ckpt_dir, f"{prefix + '_' if prefix else ''}checkpoint_epoch=*.pt"))
     return max(found, key=os.path.getmtime) if found else None
 
 
@@ -92,7 +94,7 @@ class ResumeTraining:
     is added here because the config cannot reference the trainer from inside its own handler list.
     """
 
-    def __init__(self, ckpt_dir: str, load_dict: dict, prefix: str = "checkpoint", enabled: bool = True):
+    def __init__(self, ckpt_dir: str, load_dict: dict, prefix: str = "", enabled: bool = True):
         self.ckpt_dir = ckpt_dir
         self.load_dict = load_dict
         self.prefix = prefix
@@ -107,9 +109,7 @@ class ResumeTraining:
             return
         from monai.handlers import CheckpointLoader
 
-        epoch_length = engine.state.epoch_length
         CheckpointLoader(load_path=path, load_dict={**self.load_dict, "trainer": engine}, map_location="cpu")(engine)
-        engine.state.epoch_length = epoch_length  # the configured schedule wins over the saved one
         logger.info("resumed from %s at epoch %d", path, engine.state.epoch)
         if engine.state.epoch >= engine.state.max_epochs:
             logger.info("training already complete (%d epochs)", engine.state.max_epochs)

@@ -61,11 +61,12 @@ def write_configs(bundle_root: Path, plans: dict, datalist_file: str, default_in
     datalist = bundle_reference(datalist_file, bundle_root)
     existing_metadata = configs / "metadata.json"
     existing = json.loads(existing_metadata.read_text()) if existing_metadata.exists() else None
+    cascade = bool(plans["configuration"].get("cascade"))
     files = {
         "plans.json": dumps(plans),
-        "train.json": dumps(train_config(datalist)),
+        "train.json": dumps(train_config(datalist, cascade)),
         "evaluate.json": dumps(evaluate_config()),
-        "inference.json": dumps(inference_config(bundle_reference(default_input, bundle_root) if default_input else datalist)),
+        "inference.json": dumps(inference_config(bundle_reference(default_input, bundle_root) if default_input else datalist, cascade)),
         "metadata.json": dumps(build_metadata(plans["configuration"], existing, name=bundle_root.resolve().name)),
         "multi_gpu_train.json": dumps(multi_gpu_train_config()),
         "logging.conf": LOGGING_CONF,

@@ -12,7 +12,22 @@ from collections.abc import Mapping
 from monai.transforms import NormalizeIntensityd, ScaleIntensityRanged
 
 
-def load_configuration(plans_file: str) -> dict:
+COARSE_KEYS = ("spacing", "patch_size", "kernel_size", "strides", "filters", "batch_size", "sigma_voxels")
+
+
+def stage_configuration(configuration: dict, stage: str = "fine") -> dict:
+    """The numbers one cascade stage trains with: ``coarse`` swaps in the planned ``coarse_*`` values."""
+    if stage not in ("fine", "coarse"):
+        raise SystemExit(f"error: unknown stage {stage!r}; use fine or coarse")
+    if stage == "fine":
+        return configuration
+    cascade = configuration.get("cascade")
+    if not cascade:
+        raise SystemExit("error: the plans have no cascade: there is no coarse stage to train")
+    return {**configuration, **{key: cascade[f"coarse_{key}"] for key in COARSE_KEYS}}
+
+
+def load_configuration(plans_file: str, stage: str = "fine") -> dict:
     try:
         with open(plans_file) as f:
             plans = json.load(f)
@@ -20,7 +35,7 @@ def load_configuration(plans_file: str) -> dict:
         raise SystemExit(f"{plans_file}: no plans; run `python -m scripts.plan DATALIST --bundle_root DIR` first") from None
     except json.JSONDecodeError as err:
         raise SystemExit(f"{plans_file}: not valid JSON ({err})") from None
-    return plans["configuration"]
+    return stage_configuration(plans["configuration"], stage)
 
 
 def pair_indices(configuration: Mapping) -> list[list[int]]:

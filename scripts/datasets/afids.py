@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -67,6 +68,31 @@ LICENSES = [
 TEMPLATE_STEM = "tpl-MNI152NLin2009cAsym_res-01_T1w"
 PAIR_MIRROR_TOLERANCE_MM = 5.0  # |x_left + x_right| on a template centred on the midline
 STORED_LEVELS = 255
+DATALIST_DESCRIPTION = (
+    "AFIDs on the MNI152NLin2009cAsym templates, one anatomy: the warps measure robustness to pose, deformation, "
+    "resolution and contrast, not generalisation to new anatomy (report them as 'same anatomy as training')."
+)
+MNI_NOTICE = (
+    "Copyright (C) 1993-2004 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological Institute, McGill "
+    "University. Permission to use, copy, modify, and distribute this software and its documentation for any purpose "
+    "and without fee is hereby granted, provided that the above copyright notice appear in all copies. The authors "
+    "and McGill University make no representations about the suitability of this software for any purpose. It is "
+    "provided \"as is\" without express or implied warranty. The authors are not responsible for any data loss, "
+    "equipment damage, property loss, or injury to subjects or patients resulting from the use or misuse of this "
+    "software package."
+)
+NOTICE = f"""Images: modified copies (warped, resampled, intensity-changed) of the ICBM 2009c Nonlinear Asymmetric
+template (MNI152NLin2009cAsym), T1w and T2w, as shipped in the PyPI wheels afids-cnn 0.2.1 and autoafids 0.1.4.
+{textwrap.fill(MNI_NOTICE, width=112)}
+Cite: Fonov et al., NeuroImage 54(1):313-327, 2011, doi:10.1016/j.neuroimage.2010.07.033.
+
+Landmarks: the 32 AFIDs placed on that template by the AFIDs project (afids-cnn 0.2.1, .fcsv), mapped through
+the same synthetic warps (changed from the original positions). The AFIDs project releases its landmark
+coordinates under CC BY 4.0 (github.com/afids/afids-data, LICENSE.md). Cite: Taha et al., Scientific Data 2023,
+doi:10.1038/s41597-023-02330-9, and the AFIDs protocol paper (Lau et al., Human Brain Mapping 2019).
+See docs/data_license.txt in the bundle for what was checked.
+"""
+DESCRIP = b"warped ICBM152 2009c asym; (C) 1993-2004 L. Collins, MNI/McGill; see NOTICE.txt"
 GROUP_SEED_OFFSETS = {"t1w_warp": 0, "t2w_unseen_contrast": 1000, "t1w_warp_test": 2000}
 
 
@@ -335,8 +361,9 @@ def reorient(volume, voxels, rng, probability) -> tuple[np.ndarray, np.ndarray, 
 def posed_affine(affine, centre_world, rng, settings: WarpSettings) -> tuple[np.ndarray, dict]:
     """(new affine, params): the image scaled along its own axes and rotated about centre_world, then translated.
 
-    Only the affine changes (world = T @ affine @ voxel), so the pose change is exact by construction; scaling
-    along the image axes keeps the affine's columns orthogonal (no shear, which ITK would not read as is).
+    Only the affine changes (world = T @ affine @ voxel), so the pose change is exact by construction. Scaling
+    along the image axes keeps the affine's columns orthogonal: a sheared affine has no exact ITK form
+    (direction cosines times spacing), and ITK/Slicer would place the voxels elsewhere.
     """
     angles = rng.uniform(-settings.max_rotation_deg, settings.max_rotation_deg, size=3)
     scales = rng.uniform(*settings.scale_range, size=3)
@@ -397,6 +424,7 @@ def save_nifti(path, volume, affine, code: int = 1) -> None:
     slope = max(float(volume.max()), 1e-12) / STORED_LEVELS
     image = nib.Nifti1Image(np.round(volume / slope).astype(np.uint8), affine)
     image.header.set_slope_inter(slope, 0.0)
+    image.header["descrip"] = DESCRIP
     image.set_qform(affine, code=code)
     image.set_sform(affine, code=code)
     temp = path.with_name(f".{path.name[: -len('.nii.gz')]}.tmp.nii.gz")
@@ -461,80 +489,96 @@ def _relative(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
+def read_afids(source_dir: Path) -> tuple[dict, dict, list[dict]]:
+    """(positions, descriptions, left/right pairs) from the copied .fcsv and afids_descs.json, pairs checked."""
+    fcsv = source_dir / T1W_AFIDS[1].replace("/", "__")
+    positions, descriptions = afids_landmarks(fcsv, source_dir / DESCS[1].replace("/", "__"))
+    pairs = left_right_pairs(list(positions))
+    check_mirrored_pairs(positions, pairs, fcsv)
+    return positions, descriptions, pairs
+
+
+def load_templates(wheels: dict[str, Path], t1w_copy: Path) -> dict[str, Source]:
+    """{"T1w": ..., "T2w": ...}, checked to share one grid (the T2w is read from a temporary file)."""
+    with tempfile.TemporaryDirectory() as folder:
+        t2w_path = Path(folder) / "T2w.nii.gz"
+        t2w_path.write_bytes(read_member(wheels, T2W))
+        sources = {"T1w": load_source(t1w_copy, "T1w"), "T2w": load_source(t2w_path, "T2w")}
+    same_grid = sources["T1w"].volume.shape == sources["T2w"].volume.shape and np.allclose(
+        sources["T1w"].affine, sources["T2w"].affine
+    )
+    if not same_grid:
+        raise LandmarkDataError(T2W[1], "T2w template is not on the T1w template's grid")
+    return sources
+
+
+def datalist_entry(output: Path, image: Path, landmarks: Path, group: str, contrast: str) -> dict:
+    return {"image": _relative(image, output), "landmarks": _relative(landmarks, output), "group": group,
+            "contrast": contrast}
+
+
+def log_case(number: int, total: int, case: str, params: dict, seconds: float, size_mb: float) -> None:
+    elastic = params["elastic_landmark_displacement_mm"]
+    logger.info(
+        "[%d/%d] %s (seed %d): rotation %s deg, scale %s, spacing %s mm, shape %s, elastic mean/max %.1f/%.1f mm, "
+        "%.1f s, %.1f MB", number, total, case, params["seed"], _rounded(params["rotation_deg"], 1),
+        _rounded(params["scale"], 2), _rounded(params["spacing_mm"], 2), params["shape"], elastic["mean"],
+        elastic["max"], seconds, size_mb,
+    )
+
+
+def write_sample(output: Path, entry: dict, descriptions: dict) -> None:
+    """sample/sample_T1w.nii.gz, sample_T1w.json and NOTICE.txt: a copy of one case, its ground truth, the notices."""
+    copy_atomic(output / entry["image"], output / "sample" / "sample_T1w.nii.gz")
+    atomic_write_text(output / "sample" / "NOTICE.txt", NOTICE)
+    positions = read_landmarks(output / entry["landmarks"])
+    write_landmarks(output / "sample" / "sample_T1w.json", positions, descriptions)
+
+
 def build(output_dir, n_validation: int = 6, n_t2w: int = 3, n_test: int = 2, seed: int = 2026,
           cache_dir=DEFAULT_CACHE, settings: WarpSettings | None = None) -> Path:
-    """Fetch the wheels, write images/, landmarks/, sample/, source/, warps.json and datalist.json; return the datalist."""
+    """Fetch the wheels; write images/, landmarks/, sample/, source/, warps.json and datalist.json under
+    output_dir; return the datalist's path."""
     settings = settings or WarpSettings()
     started = time.perf_counter()
     output = Path(output_dir).expanduser().absolute()
     wheels = wheel_paths(cache_dir)
     write_sources(output, wheels)
-    sources_dir = output / "source"
-    fcsv = sources_dir / T1W_AFIDS[1].replace("/", "__")
-    descs = sources_dir / DESCS[1].replace("/", "__")
-    positions, descriptions = afids_landmarks(fcsv, descs)
+    positions, descriptions, pairs = read_afids(output / "source")
     names = list(positions)
-    pairs = left_right_pairs(names)
-    check_mirrored_pairs(positions, pairs, fcsv)
     logger.info("%d AFIDs (%s ... %s), %d left/right pairs", len(names), names[0], names[-1], len(pairs))
 
     template = output / "images" / f"{TEMPLATE_STEM}.nii.gz"
     atomic_write_bytes(template, read_member(wheels, T1W))
-    with tempfile.TemporaryDirectory() as folder:
-        t2w_path = Path(folder) / "T2w.nii.gz"
-        t2w_path.write_bytes(read_member(wheels, T2W))
-        sources = {"T1w": load_source(template, "T1w"), "T2w": load_source(t2w_path, "T2w")}
-    if sources["T1w"].volume.shape != sources["T2w"].volume.shape or not np.allclose(
-        sources["T1w"].affine, sources["T2w"].affine
-    ):
-        raise LandmarkDataError(T2W[1], "T2w template is not on the T1w template's grid")
+    sources = load_templates(wheels, template)
     template_landmarks = output / "landmarks" / f"{TEMPLATE_STEM}.json"
     write_landmarks(template_landmarks, positions, descriptions)
+    training = datalist_entry(output, template, template_landmarks, "t1w_template", "T1w")
+    sections = {"training": [training], "validation": [], "testing": []}
 
-    sections = {
-        "training": [
-            {"image": _relative(template, output), "landmarks": _relative(template_landmarks, output),
-             "group": "t1w_template", "contrast": "T1w"}
-        ],
-        "validation": [],
-        "testing": [],
-    }
     warps = {}
     points = np.array([positions[name] for name in names])
     plan = case_plan(n_validation, n_t2w, n_test)
     for number, (section, group, case, contrast, index) in enumerate(plan, start=1):
         case_started = time.perf_counter()
-        case_seed = seed + GROUP_SEED_OFFSETS[group] + index
         source = sources[contrast]
-        warped = warp_volume(source.volume, source.affine, points, case_seed, settings)
+        warped = warp_volume(source.volume, source.affine, points, seed + GROUP_SEED_OFFSETS[group] + index, settings)
         image_path = output / "images" / f"{case}.nii.gz"
         world = save_warped(image_path, warped)
         landmark_path = output / "landmarks" / f"{case}.json"
         write_landmarks(landmark_path, dict(zip(names, world)), descriptions)
-        sections[section].append(
-            {"image": _relative(image_path, output), "landmarks": _relative(landmark_path, output),
-             "group": group, "contrast": contrast}
-        )
+        sections[section].append(datalist_entry(output, image_path, landmark_path, group, contrast))
         warps[case] = {"group": group, "contrast": contrast, **warped.params}
-        p = warped.params
-        logger.info(
-            "[%d/%d] %s (%s, seed %d): rotation %s deg, scale %s, spacing %s mm, shape %s, elastic mean/max %.1f/%.1f mm,"
-            " %.1f s, %.1f MB",
-            number, len(plan), case, group, case_seed, _rounded(p["rotation_deg"], 1), _rounded(p["scale"], 2),
-            _rounded(p["spacing_mm"], 2), p["shape"], p["elastic_landmark_displacement_mm"]["mean"],
-            p["elastic_landmark_displacement_mm"]["max"], time.perf_counter() - case_started,
-            image_path.stat().st_size / 1e6,
-        )
+        size_mb = image_path.stat().st_size / 1e6
+        log_case(number, len(plan), case, warped.params, time.perf_counter() - case_started, size_mb)
 
+    atomic_write_text(output / "NOTICE.txt", NOTICE)
     if sections["testing"]:
-        first = sections["testing"][0]
-        copy_atomic(output / first["image"], output / "sample" / "sample_T1w.nii.gz")
-        write_landmarks(output / "sample" / "sample_T1w.json", read_landmarks(output / first["landmarks"]), descriptions)
-
-    atomic_write_text(output / "warps.json", json.dumps({"settings": asdict(settings), "cases": warps}, indent=2) + "\n")
+        write_sample(output, sections["testing"][0], descriptions)
+    warps_text = json.dumps({"settings": asdict(settings), "cases": warps}, indent=2) + "\n"
+    atomic_write_text(output / "warps.json", warps_text)
     datalist = {
-        "description": "AFIDs on the MNI152NLin2009cAsym templates (one anatomy): warps measure robustness to pose, "
-        "deformation, resolution and contrast, not generalisation to new anatomy ('same anatomy as training').",
+        "description": DATALIST_DESCRIPTION,
         "landmark_names": names,
         "landmark_descriptions": descriptions,
         "left_right_pairs": pairs,
@@ -542,11 +586,11 @@ def build(output_dir, n_validation: int = 6, n_t2w: int = 3, n_test: int = 2, se
     }
     datalist_path = output / "datalist.json"
     atomic_write_text(datalist_path, json.dumps(datalist, indent=2) + "\n")
-    total = sum(f.stat().st_size for f in output.rglob("*") if f.is_file()) / 1e6
+    total_mb = sum(f.stat().st_size for f in output.rglob("*") if f.is_file()) / 1e6
     logger.info(
-        "wrote %s: %d training, %d validation (%d T1w, %d T2w), %d testing cases; %.1f MB in %s; %.1f s",
-        datalist_path, len(sections["training"]), len(sections["validation"]), n_validation, n_t2w,
-        len(sections["testing"]), total, output, time.perf_counter() - started,
+        "wrote %s: 1 training, %d validation (%d T1w, %d T2w), %d testing cases; %.1f MB under %s; %.1f s",
+        datalist_path, len(sections["validation"]), n_validation, n_t2w, len(sections["testing"]), total_mb, output,
+        time.perf_counter() - started,
     )
     return datalist_path
 

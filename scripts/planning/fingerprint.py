@@ -350,15 +350,38 @@ def confirm_left_right_pairs(positions: np.ndarray, names: list[str], candidates
     return accepted, rejected, midlines
 
 
-def _midline_offsets(positions: np.ndarray, names: list[str], midlines: list[float]) -> dict[str, float | None]:
-    """Per landmark: median over cases of |x - mid-sagittal plane x| (mm)."""
+def mid_sagittal_plane(case_positions: np.ndarray, index: dict[str, int], pairs: list[dict]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(point, unit normal) of one case's mid-sagittal plane from its left/right pairs: the normal is the
+    mean left->right direction, the point the mean of the pairs' midpoints. Unlike world x, this follows
+    a head in any pose."""
+    directions, midpoints = [], []
+    for pair in pairs:
+        left, right = case_positions[index[pair["left"]]], case_positions[index[pair["right"]]]
+        if np.all(np.isfinite(left)) and np.all(np.isfinite(right)) and np.linalg.norm(right - left) > 0:
+            directions.append((right - left) / np.linalg.norm(right - left))
+            midpoints.append((left + right) / 2)
+    if not directions:
+        return None
+    normal = np.mean(directions, axis=0)
+    return np.mean(midpoints, axis=0), normal / np.linalg.norm(normal)
+
+
+def _midline_offsets(positions: np.ndarray, names: list[str], midlines: list[float], pairs: list[dict]) -> dict[str, float | None]:
+    """Per landmark: median over cases of its distance (mm) to the case's mid-sagittal plane (from the
+    pairs; |x - midline x| for a case without pairs)."""
+    index = {name: i for i, name in enumerate(names)}
+    planes = [mid_sagittal_plane(positions[c], index, pairs) for c in range(positions.shape[0])]
     result = {}
     for i, name in enumerate(names):
-        values = [
-            abs(positions[c, i, 0] - midlines[c])
-            for c in range(positions.shape[0])
-            if np.all(np.isfinite(positions[c, i])) and np.isfinite(midlines[c])
-        ]
+        values = []
+        for c in range(positions.shape[0]):
+            point = positions[c, i]
+            if not np.all(np.isfinite(point)):
+                continue
+            if planes[c] is not None:
+                values.append(abs(float(np.dot(point - planes[c][0], planes[c][1]))))
+            elif np.isfinite(midlines[c]):
+                values.append(abs(point[0] - midlines[c]))
         result[name] = _r(np.median(values), 3) if values else None
     return result
 
@@ -454,7 +477,7 @@ def fingerprint_dataset(datalist: Datalist, max_cases_for_intensity: int = 50) -
     modality, channels = _intensity_block(records, cases, max_cases_for_intensity)
     pairs = _pairs_block(datalist, positions, names)
     landmarks = _landmark_statistics(positions, names)
-    midline = _midline_offsets(positions, names, pairs.pop("midlines"))
+    midline = _midline_offsets(positions, names, pairs.pop("midlines"), pairs["left_right_pairs"])
     for name in names:
         landmarks[name]["midline_offset_mm"] = midline[name]
     entry_names = sorted({name for _, _, entry in cases for name in (entry.get("landmarks") or {})})

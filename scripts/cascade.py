@@ -1,0 +1,138 @@
+"""Two-stage inference for images much larger than the patch (nnU-Net's lowres -> cascade idea, for points).
+
+The coarse network sees the whole image at the planned coarse spacing and places every landmark
+roughly; the fine network then runs only on a few patches around those positions at full resolution.
+Patches are chosen greedily so that each landmark sits well inside one of them (landmarks close
+together share a patch). The result is a full-size heatmap tensor that is zero outside the patches,
+so the usual extraction (peak + sub-voxel refinement, exact mapping back) applies unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.inferers import Inferer, SlidingWindowInferer
+
+from scripts.engines import LandmarkCheckpointInfo
+from scripts.heatmaps import extract_landmarks
+
+logger = logging.getLogger(__name__)
+
+
+def coarse_shape(shape: Sequence[int], spacing: Sequence[float], coarse_spacing: Sequence[float]) -> list[int]:
+    return [max(2, int(round((n - 1) * s / c)) + 1) for n, s, c in zip(shape, spacing, coarse_spacing)]
+
+
+def coarse_to_fine(points: np.ndarray, fine_shape: Sequence[int], small_shape: Sequence[int]) -> np.ndarray:
+    """Voxel coordinates on the coarse grid -> the fine grid (``align_corners=True`` resampling is linear)."""
+    scale = (np.asarray(fine_shape, dtype=np.float64) - 1) / (np.asarray(small_shape, dtype=np.float64) - 1)
+    return np.asarray(points, dtype=np.float64) * scale
+
+
+def cover_with_patches(points: np.ndarray, patch: Sequence[int], shape: Sequence[int], margin: Sequence[float]) -> list[tuple[np.ndarray, list[int]]]:
+    """Greedy cover: patch starts (clipped to the image) and the landmarks each patch is responsible for.
+
+    A landmark belongs to a patch when it lies at least ``margin`` voxels inside it, so its heatmap
+    peak and refinement neighbourhood are never cut by the patch border.
+    """
+    patch = np.asarray(patch)
+    shape = np.asarray(shape)
+    margin = np.asarray(margin, dtype=np.float64)
+    highest = np.maximum(shape - patch, 0)
+    remaining = list(range(len(points)))
+    patches = []
+    while remaining:
+        seed = remaining[0]
+        start = np.clip(np.round(points[seed] - patch / 2).astype(int), 0, highest)
+        lo, hi = start + margin, start + np.minimum(patch, shape) - 1 - margin
+        inside = [seed] + [i for i in remaining if i != seed and np.all(points[i] >= lo) and np.all(points[i] <= hi)]
+        patches.append((start, inside))
+        remaining = [i for i in remaining if i not in inside]
+    return patches
+
+
+class CascadeInferer(Inferer):
+    """Coarse whole-image pass, then fine patches around each coarse landmark.
+
+    Without a coarse network (no models/coarse_model.pt yet) it falls back to a full sliding window.
+    """
+
+    def __init__(
+        self,
+        coarse_network: torch.nn.Module | None,
+        spacing: Sequence[float],
+        coarse_spacing: Sequence[float],
+        coarse_patch_size: Sequence[int],
+        patch_size: Sequence[int],
+        sigma: float,
+        sw_batch_size: int = 1,
+        overlap: float = 0.25,
+    ):
+        super().__init__()
+        self.coarse_network = coarse_network
+        self.spacing = list(spacing)
+        self.coarse_spacing = list(coarse_spacing)
+        self.patch_size = list(patch_size)
+        self.margin = [min(3 * sigma, p / 4) for p in patch_size]
+        self.coarse_inferer = SlidingWindowInferer(coarse_patch_size, sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian")
+        self.full_inferer = SlidingWindowInferer(patch_size, sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian")
+
+    def coarse_landmarks(self, image: torch.Tensor) -> np.ndarray:
+        fine_shape = image.shape[2:]
+        small = coarse_shape(fine_shape, self.spacing, self.coarse_spacing)
+        resampled = F.interpolate(image.as_tensor() if hasattr(image, "as_tensor") else image, size=small, mode="trilinear", align_corners=True)
+        heatmaps = self.coarse_inferer(resampled, self.coarse_network)[0]
+        voxels, _ = extract_landmarks(heatmaps)
+        return coarse_to_fine(voxels, fine_shape, small)
+
+    def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args, **kwargs) -> torch.Tensor:
+        if self.coarse_network is None:
+            return self.full_inferer(inputs, network, *args, **kwargs)
+        if inputs.shape[0] != 1:
+            return torch.cat([self(inputs[i : i + 1], network) for i in range(inputs.shape[0])])
+        shape = list(inputs.shape[2:])
+        points = self.coarse_landmarks(inputs)
+        patch = [min(p, s) for p, s in zip(self.patch_size, shape)]
+        output = None
+        for start, members in cover_with_patches(points, patch, shape, self.margin):
+            window = inputs[(0, slice(None), *[slice(int(a), int(a) + p) for a, p in zip(start, patch)])][None]
+            window = _pad_to(window, self.patch_size)
+            predicted = network(window)[0][(slice(None), *[slice(0, p) for p in patch])]
+            if output is None:
+                output = torch.zeros((predicted.shape[0], *shape), dtype=predicted.dtype, device=predicted.device)
+            region = tuple(slice(int(a), int(a) + p) for a, p in zip(start, patch))
+            output[(members, *region)] = predicted[members]
+        return output[None]
+
+
+def _pad_to(window: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    missing = [max(0, s - n) for s, n in zip(size, window.shape[2:])]
+    if not any(missing):
+        return window
+    pad = []
+    for m in reversed(missing):
+        pad += [0, m]
+    return F.pad(window, pad)
+
+
+def make_inferer(plans: dict, coarse_network_def, coarse_checkpoint: str, device, stage: str = "fine") -> Inferer:
+    """The inferer the plans call for: a cascade when planned and its coarse model exists, else a sliding window."""
+    cascade = plans.get("cascade")
+    common = {"sw_batch_size": plans["sw_batch_size"], "overlap": plans["sw_overlap"]}
+    if not cascade or stage == "coarse":
+        return SlidingWindowInferer(plans["patch_size"], mode="gaussian", **common)
+    coarse = None
+    if coarse_network_def is not None and os.path.exists(coarse_checkpoint):
+        checkpoint = torch.load(coarse_checkpoint, map_location=device, weights_only=False)
+        LandmarkCheckpointInfo(plans["landmark_names"], source=coarse_checkpoint).load_state_dict(checkpoint.get("landmark_info", {}))
+        coarse_network_def.load_state_dict(checkpoint["model"])
+        coarse = coarse_network_def.to(device).eval()
+    else:
+        logger.warning("cascade planned but %s is missing: full sliding window at fine resolution (slow)", coarse_checkpoint)
+    return CascadeInferer(coarse, plans["spacing"], cascade["coarse_spacing"], cascade["coarse_patch_size"], plans["patch_size"],
+                          plans["sigma_voxels"], **common)

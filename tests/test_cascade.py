@@ -1,0 +1,71 @@
+"""The coarse-then-fine inferer places fine patches around coarse positions and assembles exact heatmaps.
+
+The "networks" are identity maps over images whose channel i already holds landmark i's Gaussian, so
+every number the inferer produces can be predicted by hand.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from scripts.cascade import CascadeInferer, coarse_shape, coarse_to_fine, cover_with_patches
+from scripts.heatmaps import extract_landmarks, render_heatmaps
+from scripts.plans import stage_configuration
+
+SHAPE = (90, 100, 80)
+class Copy(torch.nn.Module):
+    """An identity "network" that, like a real one, returns a new tensor (MONAI's sliding window
+    weights its window outputs in place, which would corrupt a view of the input)."""
+
+    def forward(self, x):
+        return x.clone()
+
+
+POINTS = np.array([[20.3, 30.6, 40.2], [24.8, 33.1, 38.7], [70.2, 80.4, 20.9], [45.5, 50.5, 60.1]])
+
+
+def test_coarse_grid_maps_back_linearly():
+    small = coarse_shape(SHAPE, [1, 1, 1], [4, 4, 4])
+    assert small == [23, 26, 21]
+    np.testing.assert_allclose(coarse_to_fine([[0, 0, 0], [22, 25, 20]], SHAPE, small), [[0, 0, 0], [89, 99, 79]])
+
+
+def test_patches_cover_every_landmark_with_margin():
+    patches = cover_with_patches(POINTS, [32, 32, 32], SHAPE, [6, 6, 6])
+    covered = sorted(i for _, members in patches for i in members)
+    assert covered == [0, 1, 2, 3]
+    assert len(patches) == 3, "the two nearby landmarks share one patch"
+    for start, members in patches:
+        for i in members:
+            assert np.all(POINTS[i] >= start + 6) and np.all(POINTS[i] <= start + 31 - 6)
+
+
+def test_cascade_recovers_positions_from_fine_patches():
+    image = torch.from_numpy(render_heatmaps(POINTS, SHAPE, sigma=3.0))[None]
+    inferer = CascadeInferer(Copy(), [1, 1, 1], [3, 3, 3], [32, 32, 32], [32, 32, 32], sigma=3.0)
+    heatmaps = inferer(image, Copy())
+    assert heatmaps.shape == (1, 4, *SHAPE)
+    found, scores = extract_landmarks(heatmaps[0])
+    np.testing.assert_allclose(found, POINTS, atol=1e-3)
+    assert float((heatmaps[0] > 0).float().mean()) < 0.2, "fine work only inside a few patches"
+
+
+def test_without_a_coarse_model_it_is_a_sliding_window():
+    point = np.array([[20.3, 18.6, 22.2]])
+    image = torch.from_numpy(render_heatmaps(point, (40, 40, 40), sigma=3.0))[None]
+    inferer = CascadeInferer(None, [1, 1, 1], [3, 3, 3], [16, 16, 16], [24, 24, 24], sigma=3.0)
+    found, _ = extract_landmarks(inferer(image, Copy())[0])
+    np.testing.assert_allclose(found, point, atol=1e-3)
+
+
+def test_stage_configuration_swaps_in_the_coarse_numbers():
+    configuration = {"spacing": [1, 1, 1], "patch_size": [96] * 3, "kernel_size": [[3] * 3] * 5, "strides": [[1] * 3] + [[2] * 3] * 4,
+                     "filters": [16, 32, 64, 128, 128], "batch_size": 2, "sigma_voxels": 4.0,
+                     "cascade": {"coarse_spacing": [4, 4, 4], "coarse_patch_size": [64] * 3, "coarse_kernel_size": [[3] * 3] * 4,
+                                 "coarse_strides": [[1] * 3] + [[2] * 3] * 3, "coarse_filters": [16, 32, 64, 128],
+                                 "coarse_batch_size": 2, "coarse_sigma_voxels": 2.0}}
+    coarse = stage_configuration(configuration, "coarse")
+    assert coarse["spacing"] == [4, 4, 4] and coarse["patch_size"] == [64] * 3 and coarse["sigma_voxels"] == 2.0
+    assert stage_configuration(configuration, "fine") is configuration
+    with pytest.raises(SystemExit, match="no cascade"):
+        stage_configuration({**configuration, "cascade": None}, "coarse")
