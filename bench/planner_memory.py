@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import cpu_model  # noqa: E402
 from scripts.planning import make_plans  # noqa: E402
 from scripts.planning.memory import estimate_training_flops, estimate_training_memory_bytes  # noqa: E402
 
@@ -93,16 +94,6 @@ def measure(config: dict, threads: int) -> dict:
         capture_output=True, text=True, cwd=ROOT, env=env, check=True,
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -68,8 +68,9 @@ def network_data_format(configuration: Mapping) -> dict:
     }
 
 
-def build_metadata(configuration: Mapping, existing: Mapping | None = None, name: str = "landmark_detection") -> dict:
-    """A complete metadata.json; version, changelog, eval_metrics and prose of an existing one are kept."""
+def build_metadata(configuration: Mapping, existing: Mapping | None = None, name: str | None = None) -> dict:
+    """A complete metadata.json; version, changelog, eval_metrics and prose of an existing one are kept,
+    and so is its name unless one is given."""
     names = list(configuration["landmark_names"])
     metadata = {
         "schema": SCHEMA_URL,
@@ -79,7 +80,7 @@ def build_metadata(configuration: Mapping, existing: Mapping | None = None, name
         "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": numpy.__version__,
         "required_packages_version": {p: _version(p) for p in REQUIRED_PACKAGES},
-        "name": name,
+        "name": name or (existing or {}).get("name") or "landmark_detection",
         "task": "3D anatomical landmark detection by heatmap regression",
         "description": (
             f"Self-configuring 3D landmark detector (nnLandmark method as a MONAI bundle): a DynUNet regresses one "
@@ -102,6 +103,6 @@ def build_metadata(configuration: Mapping, existing: Mapping | None = None, name
     if cascade:
         metadata["coarse_data_format"] = network_data_format({**configuration, "strides": cascade["coarse_strides"]})
     for field in KEPT_FIELDS:
-        if existing and field in existing:
+        if existing and field in existing and not (field == "name" and name):
             metadata[field] = existing[field]
     return metadata

@@ -22,6 +22,7 @@ from scripts.metadata import build_metadata
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT_SUFFIXES = (".pt", ".ts", ".pth")
+DEFAULT_NAME = "landmark_detection"
 
 
 def dumps(data) -> str:
@@ -55,7 +56,7 @@ def make_bundle_plans(datalist_file: str, budget: str = "cpu", memory_gb: float 
     return plans
 
 
-def write_configs(bundle_root: Path, plans: dict, datalist_file: str, default_input: str | None = None) -> list[Path]:
+def write_configs(bundle_root: Path, plans: dict, datalist_file: str, default_input: str | None = None, name: str | None = None) -> list[Path]:
     configs = bundle_root / "configs"
     configs.mkdir(parents=True, exist_ok=True)
     datalist = bundle_reference(datalist_file, bundle_root)
@@ -67,7 +68,7 @@ def write_configs(bundle_root: Path, plans: dict, datalist_file: str, default_in
         "train.json": dumps(train_config(datalist, cascade)),
         "evaluate.json": dumps(evaluate_config()),
         "inference.json": dumps(inference_config(bundle_reference(default_input, bundle_root) if default_input else datalist, cascade)),
-        "metadata.json": dumps(build_metadata(plans["configuration"], existing, name=bundle_root.resolve().name)),
+        "metadata.json": dumps(build_metadata(plans["configuration"], existing, name=name or DEFAULT_NAME)),
         "multi_gpu_train.json": dumps(multi_gpu_train_config()),
         "logging.conf": LOGGING_CONF,
     }
@@ -99,13 +100,13 @@ def copy_bundle_files(bundle_root: Path) -> None:
 
 
 def plan_bundle(datalist: str, bundle_root: str, budget: str = "cpu", memory_gb: float | None = None, force: bool = False,
-                default_input: str | None = None) -> dict:
+                default_input: str | None = None, name: str | None = None) -> dict:
     root = Path(bundle_root)
     if has_checkpoint(root) and (root / "configs" / "train.json").exists() and not force:
         raise SystemExit(f"error: {root}: models/ holds a checkpoint; refusing to overwrite its configs (use --force)")
     plans = make_bundle_plans(datalist, budget, memory_gb)
     root.mkdir(parents=True, exist_ok=True)
-    write_configs(root, plans, datalist, default_input)
+    write_configs(root, plans, datalist, default_input, name)
     copy_bundle_files(root)
     return plans
 
@@ -118,9 +119,10 @@ def main(argv=None) -> int:
     parser.add_argument("--memory_gb", type=float, default=None, help="memory budget (RAM for cpu, VRAM for gpu)")
     parser.add_argument("--force", action="store_true", help="overwrite the configs of a bundle that has checkpoints")
     parser.add_argument("--default_input", default=None, help="inference.json's default --input (default: the datalist)")
+    parser.add_argument("--name", default=None, help=f"bundle name in metadata.json (default: kept, else {DEFAULT_NAME})")
     args = parser.parse_args(argv)
     try:
-        plans = plan_bundle(args.datalist, args.bundle_root, args.budget, args.memory_gb, args.force, args.default_input)
+        plans = plan_bundle(args.datalist, args.bundle_root, args.budget, args.memory_gb, args.force, args.default_input, args.name)
     except LandmarkDataError as error:
         raise SystemExit(f"error: {error}") from None
     c = plans["configuration"]

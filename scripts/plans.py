@@ -45,10 +45,10 @@ def pair_indices(configuration: Mapping) -> list[list[int]]:
 
 
 def normalization_transform(keys, normalization: Mapping):
-    """MR: z-score per image over non-zero voxels. CT: clip to the dataset's foreground percentiles,
+    """MR: z-score per image (and per channel, for co-registered multi-modal input) over non-zero voxels. CT: clip to the dataset's foreground percentiles,
     then z-score with the dataset's foreground mean/std (one linear map with clipping)."""
     if normalization.get("scheme") == "ct_clip_zscore":
         lo, hi = normalization["clip"]
         mean, std = normalization["mean"], max(normalization["std"], 1e-8)
         return ScaleIntensityRanged(keys, a_min=lo, a_max=hi, b_min=(lo - mean) / std, b_max=(hi - mean) / std, clip=True)
-    return NormalizeIntensityd(keys, nonzero=True)
+    return NormalizeIntensityd(keys, nonzero=True, channel_wise=True)

