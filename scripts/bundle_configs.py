@@ -317,12 +317,13 @@ def inference_config(default_input: str, cascade: bool = False) -> dict:
     """inference.json: ``--input`` a scan, a folder or a datalist (its testing cases); ``--output_dir``."""
     return {
         "imports": ["$import os", "$import torch", "$import scripts", "$import scripts.data", "$import scripts.engines",
-                    "$import scripts.outputs", "$import scripts.plans", "$import scripts.cascade"],
+                    "$import scripts.outputs", "$import scripts.plans", "$import scripts.cascade", "$import scripts.figures"],
         "bundle_root": ".",
         "ckpt_dir": "$@bundle_root + '/models'",
         "dataset_dir": "$@bundle_root + '/data'",
         "input": default_input,
         "output_dir": "$@bundle_root + '/predictions'",
+        "save_png": True,
         "device": DEVICE,
         **plan_ids(),
         "model_file": "model.pt",
@@ -342,6 +343,8 @@ def inference_config(default_input: str, cascade: bool = False) -> dict:
                 {"_target_": "scripts.transforms.ExtractLandmarksd", "left_right_pairs": "@left_right_pairs", "found_threshold": "@found_threshold"},
                 {"_target_": "scripts.outputs.WriteLandmarksd", "output_dir": "@output_dir", "landmark_names": "@landmark_names",
                  "descriptions": "@landmark_descriptions"},
+                {"_target_": "scripts.figures.WriteLandmarkFigured", "output_dir": "@output_dir", "landmark_names": "@landmark_names",
+                 "enabled": "@save_png"},
             ],
         },
         "summary": {"_target_": "scripts.outputs.InferenceSummary", "output_dir": "@output_dir", "landmark_names": "@landmark_names"},

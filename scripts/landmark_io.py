@@ -261,14 +261,14 @@ def read_landmark_descriptions(path) -> dict[str, str]:
 # ----------------------------------------------------------------------------- writers
 
 
-def atomic_write_text(path, text: str) -> None:
-    """Write text through a temp file in the same folder and os.replace; nothing is left behind on failure."""
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write bytes through a temp file in the same folder and os.replace; nothing is left behind on failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as temp:
-            temp.write(text)
+        with os.fdopen(handle, "wb") as temp:
+            temp.write(data)
             temp.flush()
             os.fsync(temp.fileno())
         umask = os.umask(0)
@@ -279,6 +279,11 @@ def atomic_write_text(path, text: str) -> None:
         if os.path.exists(temp_name):
             os.unlink(temp_name)
         raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    """UTF-8 text, written atomically (see atomic_write_bytes)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _fcsv_text(points) -> str:

