@@ -352,7 +352,9 @@ def determine_cascade(fingerprint: dict, spacing, network: dict, budget: str = "
             break
     else:
         raise ValueError(f"no coarse spacing fits the {profile.name} memory budget")
-    coarse_sigma, _ = determine_sigma(fingerprint, coarse_spacing)
+    # The coarse stage only places the fine patches: its peaks need not keep neighbours apart, and wide
+    # targets are learnt far faster on a CPU budget, so it keeps the default sigma without the neighbour cap.
+    coarse_sigma = SIGMA_DEFAULT
     value = {
         "coarse_spacing": _r(coarse_spacing),
         "coarse_patch_size": coarse["patch_size"],
@@ -365,7 +367,8 @@ def determine_cascade(fingerprint: dict, spacing, network: dict, budget: str = "
     return value, (
         f"median image {shape.astype(int).tolist()} is {ratio:.1f}x the patch volume (> {CASCADE_VOLUME_RATIO:g}): a coarse stage at "
         f"{_r(coarse_spacing, 3)} mm sees the whole median image in one {coarse['patch_size']} patch, the fine stage "
-        f"refines each landmark in a {network['patch_size']} patch at {list(spacing)} mm"
+        f"refines each landmark in a {network['patch_size']} patch at {list(spacing)} mm; the coarse sigma is the default "
+        f"{SIGMA_DEFAULT:g} voxels without the neighbour cap (it only places patches, and wide targets learn fast)"
     )
 
 
