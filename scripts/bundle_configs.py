@@ -217,7 +217,7 @@ def train_config(datalist: str, cascade: bool = False) -> dict:
         "augmentation": "$@plans['augmentation']",
         "network_def": network_def(),
         "network": "$@network_def.to(@device)",
-        "loss": {"_target_": "scripts.engines.MaskedHeatmapMSELoss"},
+        "loss": {"_target_": "scripts.engines.MaskedHeatmapMSELoss", "foreground_weight": "$@plans['loss_foreground_weight']"},
         "optimizer": {"_target_": "torch.optim.Adam", "params": "$@network.parameters()", "lr": "@learning_rate"},
         "lr_scheduler": {"_target_": "torch.optim.lr_scheduler.PolynomialLR", "optimizer": "@optimizer", "total_iters": "@epochs", "power": 0.9},
         "checkpoint_info": checkpoint_info(),

@@ -45,7 +45,7 @@ def select_cases(datalist_file: str, section: str, fold: int | None = None, fold
     root = str(Path(datalist_file).resolve().parent)
     if fold is not None and fold >= 0 and folds and section in ("training", "validation"):
         if fold >= len(folds):
-            raise SystemExit(f"{datalist_file}: fold {fold} requested but the plans have {len(folds)} folds")
+            raise SystemExit(f"error: {datalist_file}: fold {fold} requested but the plans have {len(folds)} folds")
         training = datalist.section("training")
         chosen = folds[fold]["train" if section == "training" else "val"]
         return _with_stems([training[i] for i in chosen], root)
@@ -60,7 +60,7 @@ def check_cases(entries: Sequence[dict], landmark_names: Sequence[str], what: st
     (all problems, not only the first), each naming the file.
     """
     if not entries:
-        raise SystemExit(f"no {what} cases in the datalist")
+        raise SystemExit(f"error: no {what} cases in the datalist")
     problems = []
     for entry in entries:
         try:
@@ -90,19 +90,19 @@ def resolve_inputs(input_path: str, output_dir: str | None = None) -> list[dict]
     """``--input`` as a file, a folder (searched recursively for images) or a datalist (its testing cases)."""
     path = Path(input_path)
     if not path.exists():
-        raise SystemExit(f"{input_path}: no such file or folder")
+        raise SystemExit(f"error: {input_path}: no such file or folder")
     if path.is_dir():
         files = sorted(
             str(p) for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES) and not _inside(p, output_dir)
         )
         if not files:
-            raise SystemExit(f"{input_path}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
+            raise SystemExit(f"error: {input_path}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
         return [{"image": f, "stem": image_stem(f, str(path))} for f in files]
     if path.name.lower().endswith(".json"):
         datalist = load_datalist(str(path))
         entries = datalist.section("testing")
         if not entries:
-            raise SystemExit(f"{input_path}: the datalist has no testing cases")
+            raise SystemExit(f"error: {input_path}: the datalist has no testing cases")
         return _with_stems(entries, str(path.resolve().parent))
     return [{"image": str(path), "stem": image_stem(str(path))}]
 

@@ -25,7 +25,15 @@ logger = logging.getLogger(__name__)
 
 
 class MaskedHeatmapMSELoss(torch.nn.Module):
-    """Mean squared error over the channels annotated in each case (mask 1); unannotated ones add nothing."""
+    """Mean squared error over the channels annotated in each case (mask 1); unannotated ones add nothing.
+
+    ``foreground_weight`` w weighs each voxel by ``1 + w * target``: a Gaussian covers well under 1% of a
+    patch, and plain MSE (w = 0, nnLandmark's loss) spends a short CPU schedule learning the background.
+    """
+
+    def __init__(self, foreground_weight: float = 0.0):
+        super().__init__()
+        self.foreground_weight = float(foreground_weight)
 
     def forward(self, pred: torch.Tensor, target) -> torch.Tensor:
         if isinstance(target, dict):
@@ -33,6 +41,8 @@ class MaskedHeatmapMSELoss(torch.nn.Module):
         else:
             label, mask = target, torch.ones(pred.shape[:2], device=pred.device)
         squared = (pred - label) ** 2
+        if self.foreground_weight:
+            squared = squared * (1.0 + self.foreground_weight * label)
         per_channel = squared.flatten(2).mean(dim=2)
         mask = mask.to(per_channel)
         return (per_channel * mask).sum() / mask.sum().clamp(min=1.0)
@@ -75,7 +85,7 @@ class LandmarkCheckpointInfo:
             missing = [n for n in self.landmark_names if n not in names]
             extra = [n for n in names if n not in self.landmark_names]
             detail = f"missing {missing}, unexpected {extra}" if (missing or extra) else "same names in another order"
-            raise SystemExit(f"{self.source}: checkpoint landmarks do not match the config ({detail})")
+            raise SystemExit(f"error: {self.source}: checkpoint landmarks do not match the config ({detail})")
         if state.get("plans_hash") and self.plans_hash and state["plans_hash"] != self.plans_hash:
             logger.warning("%s: trained with other plans (%s) than configs/plans.json (%s)", self.source, state["plans_hash"], self.plans_hash)
 

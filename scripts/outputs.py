@@ -124,4 +124,4 @@ class InferenceSummary:
 
     def exit_on_failures(self) -> None:
         if self.failures:
-            raise SystemExit(f"{len(self.failures)} case(s) failed; see the lines above")
+            raise SystemExit(f"error: {len(self.failures)} case(s) failed; see the lines above")

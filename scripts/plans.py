@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from monai.transforms import NormalizeIntensityd, ScaleIntensityRanged
 
 
-COARSE_KEYS = ("spacing", "patch_size", "kernel_size", "strides", "filters", "batch_size", "sigma_voxels")
+COARSE_KEYS = ("spacing", "patch_size", "kernel_size", "strides", "filters", "batch_size", "sigma_voxels", "loss_foreground_weight")
 
 
 def stage_configuration(configuration: dict, stage: str = "fine") -> dict:
@@ -24,7 +24,7 @@ def stage_configuration(configuration: dict, stage: str = "fine") -> dict:
     cascade = configuration.get("cascade")
     if not cascade:
         raise SystemExit("error: the plans have no cascade: there is no coarse stage to train")
-    return {**configuration, **{key: cascade[f"coarse_{key}"] for key in COARSE_KEYS}}
+    return {**configuration, **{key: cascade[f"coarse_{key}"] for key in COARSE_KEYS if f"coarse_{key}" in cascade}}
 
 
 def load_configuration(plans_file: str, stage: str = "fine") -> dict:
@@ -32,9 +32,9 @@ def load_configuration(plans_file: str, stage: str = "fine") -> dict:
         with open(plans_file) as f:
             plans = json.load(f)
     except FileNotFoundError:
-        raise SystemExit(f"{plans_file}: no plans; run `python -m scripts.plan DATALIST --bundle_root DIR` first") from None
+        raise SystemExit(f"error: {plans_file}: no plans; run `python -m scripts.plan DATALIST --bundle_root DIR` first") from None
     except json.JSONDecodeError as err:
-        raise SystemExit(f"{plans_file}: not valid JSON ({err})") from None
+        raise SystemExit(f"error: {plans_file}: not valid JSON ({err})") from None
     return stage_configuration(plans["configuration"], stage)
 
 

@@ -22,6 +22,22 @@ def test_masked_mse_ignores_unannotated_channels():
     assert MaskedHeatmapMSELoss()(pred, label).item() == pytest.approx((0.5 + 9.0) / 2)
 
 
+def test_foreground_weight_scales_errors_on_the_heatmap():
+    pred = torch.zeros(1, 1, 2, 1, 1)
+    label = torch.tensor([1.0, 0.0]).reshape(1, 1, 2, 1, 1)
+    # voxel weights 1 + 9 * target = [10, 1]; squared errors [1, 0] -> mean 5
+    loss = MaskedHeatmapMSELoss(foreground_weight=9.0)(pred, {"label": label, "mask": torch.ones(1, 1)})
+    assert loss.item() == pytest.approx(5.0)
+
+
+def test_planned_foreground_weight():
+    from scripts.planning.decisions import loss_foreground_weight
+
+    # a sigma-4 Gaussian holds (2 pi)^1.5 * 64 = 1007.9 voxels; sqrt(48^3 / 1007.9) - 1 = 9.46
+    assert loss_foreground_weight([48, 48, 48], 4.0) == pytest.approx(9.5)
+    assert loss_foreground_weight([8, 8, 8], 4.0) == 0.0
+
+
 def test_prepare_batch_hands_the_mask_to_the_loss():
     batch = {"image": torch.ones(1, 1, 2, 2, 2), "label": torch.zeros(1, 3, 2, 2, 2), "label_mask": torch.tensor([[1.0, 0.0, 1.0]])}
     image, target = prepare_landmark_batch(batch, device="cpu")

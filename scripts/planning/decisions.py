@@ -403,6 +403,23 @@ def determine_learning_rate(iterations_per_epoch: int, epochs: int):
     return LEARNING_RATE_SHORT, f"Adam at {LEARNING_RATE_SHORT:g}: a short schedule ({total} < {LONG_SCHEDULE_ITERATIONS} iterations) needs a faster start"
 
 
+def loss_foreground_weight(patch_size, sigma: float) -> float:
+    """sqrt(patch voxels / Gaussian mass) - 1, clipped to [0, 100]."""
+    mass = (2 * np.pi) ** 1.5 * float(sigma) ** 3
+    return _r(float(np.clip(np.sqrt(np.prod(patch_size) / mass) - 1.0, 0.0, 100.0)), 1)
+
+
+def determine_loss_foreground_weight(network: dict, sigma: float):
+    """Voxel weight 1 + w * target in the MSE: a Gaussian covers well under 1% of a patch, and plain MSE
+    (nnLandmark, w = 0) spends a short CPU schedule learning the background. Full balance (w = patch /
+    mass) over-predicts; its square root is the compromise."""
+    weight = loss_foreground_weight(network["patch_size"], sigma)
+    return weight, (
+        f"a sigma-{sigma:g} Gaussian holds {(2 * np.pi) ** 1.5 * sigma ** 3:.0f} voxel-equivalents of a {int(np.prod(network['patch_size']))}-voxel "
+        f"patch: w = sqrt(patch / mass) - 1 = {weight:g}"
+    )
+
+
 def determine_landmark_sampling_ratio(fingerprint: dict):
     return LANDMARK_SAMPLING_RATIO, (
         f"{LANDMARK_SAMPLING_RATIO:g} of the patches are centred near a landmark (nnU-Net forces 1/3 foreground; a landmark is "
@@ -518,6 +535,9 @@ def make_plans(fingerprint: dict, budget: str = "cpu", memory_gb: float | None =
     sampling = decide("landmark_sampling_ratio", determine_landmark_sampling_ratio(fingerprint))
     augmentation = decide("augmentation", determine_augmentation(fingerprint, spacing))
     folds = decide("folds", determine_folds(fingerprint))
+    loss_weight = decide("loss_foreground_weight", determine_loss_foreground_weight(network, sigma))
+    if cascade is not None:
+        cascade["coarse_loss_foreground_weight"] = loss_foreground_weight(cascade["coarse_patch_size"], cascade["coarse_sigma_voxels"])
     configuration = {
         "landmark_names": list(fingerprint["landmark_names"]),
         "left_right_pairs": [dict(pair) for pair in fingerprint["left_right_pairs"]],
@@ -537,6 +557,7 @@ def make_plans(fingerprint: dict, budget: str = "cpu", memory_gb: float | None =
         "epochs": length["epochs"],
         "val_interval": length["val_interval"],
         "learning_rate": learning_rate,
+        "loss_foreground_weight": loss_weight,
         "landmark_sampling_ratio": sampling,
         "augmentation": augmentation,
         "folds": folds,
