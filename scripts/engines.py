@@ -147,12 +147,6 @@ class LandmarkEvaluator(SupervisedEvaluator):
         return super()._iteration(engine, batchdata)
 
 
-def write_json(path: str, data: dict) -> None:
-    from scripts.landmark_io import atomic_write_text
-
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
 class EpochProgress:
     """A progress bar over each epoch's iterations and one log line per epoch (loss, lr, time)."""
 
