@@ -283,6 +283,8 @@ def atomic_write_bytes(path, data: bytes) -> None:
 
 def atomic_write_text(path, text: str) -> None:
     """UTF-8 text, written atomically (see atomic_write_bytes)."""
+    if not isinstance(text, str):
+        raise TypeError(f"atomic_write_text needs str, got {type(text).__name__}")
     atomic_write_bytes(path, text.encode("utf-8"))
 
 

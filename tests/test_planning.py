@@ -196,7 +196,7 @@ def test_configuration_keys(heads):
     assert list(config) == [
         "landmark_names", "left_right_pairs", "in_channels", "modality", "spacing", "normalization", "sigma_voxels",
         "patch_size", "batch_size", "kernel_size", "strides", "filters", "sw_overlap", "sw_batch_size",
-        "iterations_per_epoch", "epochs", "val_interval", "learning_rate", "landmark_sampling_ratio", "augmentation",
+        "iterations_per_epoch", "epochs", "val_interval", "learning_rate", "loss_foreground_weight", "landmark_sampling_ratio", "augmentation",
         "folds", "cascade",
     ]
     assert config["strides"][0] == [1, 1, 1] and len(config["strides"]) == len(config["kernel_size"]) == len(config["filters"])
