@@ -64,20 +64,25 @@ class LoadLandmarksd(Transform):
 
 
 class CheckImaged(MapTransform):
-    """Reject what the reader accepted but the model cannot use: not one 3D channel, non-finite values."""
+    """Reject what the reader accepted but the model cannot use: not one 3D channel, non-finite values.
 
-    def __init__(self, keys: KeysCollection, channels: int = 1):
+    ``check_files`` also vets the files themselves (ITK hides truncation and NaN, see image_io); training
+    turns it off because ``scripts.data.check_cases`` has already read every file once.
+    """
+
+    def __init__(self, keys: KeysCollection, channels: int = 1, check_files: bool = True):
         super().__init__(keys)
         self.channels = channels
+        self.check_files = check_files
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
             image = d[key]
             source = image_source(image)
-            for path in image_sources(image):
+            for path in image_sources(image) if self.check_files else ():
                 if os.path.exists(path):
-                    check_image_data(path)  # the file itself: ITK hides truncation and NaN (image_io)
+                    check_image_data(path)
             if image.ndim != 4:
                 raise LandmarkDataError(source, f"expected a 3D image, got {image.ndim - 1} spatial dimensions")
             if image.shape[0] != self.channels:
