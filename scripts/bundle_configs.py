@@ -47,11 +47,25 @@ def cascade_ids() -> dict:
     }
 
 
-def landmark_inferer(cascade: bool) -> dict | str:
-    """Sliding window, or (cascade planned) the coarse-then-fine inferer built from models/coarse_model.pt."""
+def landmark_inferer(cascade: bool, mirror_axes: str = "[]") -> dict | str:
+    """Sliding window, or (cascade planned) the coarse-then-fine inferer built from the coarse model file(s)."""
     if not cascade:
         return sliding_window_inferer()
-    return "$scripts.cascade.make_inferer(@plans, @coarse_network_def, @ckpt_dir + '/coarse_model.pt', @device, @stage)"
+    return f"$scripts.cascade.make_inferer(@plans, @coarse_network_def, @coarse_model_files, @device, @stage, @left_right_pairs, {mirror_axes})"
+
+
+def ensemble_ids(ensemble: bool, tta: bool) -> dict:
+    """Ids that pick the model files (every fold's when ``ensemble``) and the mirror TTA (``tta``) of
+    evaluation and inference; the network they build averages the members' heatmaps."""
+    return {
+        "ensemble": ensemble,
+        "tta": tta,
+        "tta_mirror_axes": "$@plans.get('tta_mirror_axes', []) if scripts.ensemble.parse_switch(@tta, 'tta') else []",
+        "model_files": "$scripts.model_files.member_files(@ckpt_dir, @model_file, scripts.ensemble.parse_switch(@ensemble, 'ensemble'))",
+        "coarse_model_files": "$scripts.model_files.member_files(@ckpt_dir, 'coarse_model.pt', scripts.ensemble.parse_switch(@ensemble, 'ensemble'))",
+        "network": "$scripts.ensemble.build_network(@network_def, @model_files, @landmark_names, @left_right_pairs, @tta_mirror_axes, "
+                   "@device, scripts.engines.plans_hash(@plans_file))",
+    }
 
 
 def checkpoint_info() -> dict:
@@ -84,15 +98,6 @@ def sliding_window_inferer() -> dict:
         "sw_batch_size": "$@plans['sw_batch_size']",
         "overlap": "$@plans['sw_overlap']",
         "mode": "gaussian",
-    }
-
-
-def checkpoint_loader() -> dict:
-    return {
-        "_target_": "CheckpointLoader",
-        "load_path": "$@ckpt_dir + '/' + @model_file",
-        "load_dict": {"model": "@network", "landmark_info": "@checkpoint_info"},
-        "map_location": "@device",
     }
 
 
@@ -193,14 +198,16 @@ def train_config(datalist: str, cascade: bool = False) -> dict:
     training_state = {"model": "@network", "landmark_info": "@checkpoint_info", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler"}
     return {
         "imports": ["$import os", "$import numpy", "$import torch", "$import scripts", "$import scripts.data",
-                    "$import scripts.engines", "$import scripts.metrics", "$import scripts.plans", "$import scripts.cascade"],
+                    "$import scripts.engines", "$import scripts.metrics", "$import scripts.plans", "$import scripts.cascade", "$import scripts.pretrained",
+                    "$import scripts.model_files", "$import scripts.ensemble"],
         "bundle_root": ".",
-        "ckpt_dir": "$@bundle_root + '/models'",
+        "ckpt_dir": "$@bundle_root + '/models' + ('/fold_' + str(@fold) if @fold >= 0 else '')",
         "output_dir": "$@bundle_root + '/eval'",
         "dataset_dir": "$@bundle_root + '/data'",
         "datalist": datalist,
         "fold": -1,
         "resume": True,
+        "pretrained": None,
         "check_image_files": False,
         "device": DEVICE,
         "num_workers": 2,
@@ -208,6 +215,7 @@ def train_config(datalist: str, cascade: bool = False) -> dict:
         "model_file": MODEL_FILE,
         "checkpoint_prefix": "$'coarse' if @stage == 'coarse' else ''",
         **(cascade_ids() if cascade else {}),
+        "coarse_model_files": "$scripts.model_files.member_files(@ckpt_dir, 'coarse_model.pt', False)",
         "crop_size": "$[int(round(s * 1.25)) for s in @patch_size]",
         "landmark_region": "$[int(round(s * 0.8)) for s in @patch_size]",
         "batch_size": "$@plans['batch_size']",
@@ -217,7 +225,7 @@ def train_config(datalist: str, cascade: bool = False) -> dict:
         "learning_rate": "$@plans['learning_rate']",
         "augmentation": "$@plans['augmentation']",
         "network_def": network_def(),
-        "network": "$@network_def.to(@device)",
+        "network": "$scripts.pretrained.initialize_from(@network_def, @pretrained, @landmark_names).to(@device)",
         "loss": {"_target_": "scripts.engines.MaskedHeatmapMSELoss", "foreground_weight": "$@plans['loss_foreground_weight']"},
         "optimizer": {"_target_": "torch.optim.Adam", "params": "$@network.parameters()", "lr": "@learning_rate"},
         "lr_scheduler": {"_target_": "torch.optim.lr_scheduler.PolynomialLR", "optimizer": "@optimizer", "total_iters": "@epochs", "power": 0.9},
@@ -292,19 +300,21 @@ def train_config(datalist: str, cascade: bool = False) -> dict:
                 "amp": False,
             },
         },
-        "initialize": ["$monai.utils.set_determinism(seed=0)", "$os.makedirs(@ckpt_dir, exist_ok=True)"],
+        "initialize": ["$monai.utils.set_determinism(seed=max(@fold, 0))", "$os.makedirs(@ckpt_dir, exist_ok=True)"],
         "run": ["$@train#trainer.run()"],
         "finalize": [],
     }
 
 
-def evaluate_config() -> dict:
-    """evaluate.json, merged over train.json: load models/model.pt, evaluate a section, write the report."""
+def evaluate_config(cascade: bool = False) -> dict:
+    """evaluate.json, merged over train.json: the model (``--ensemble true``: every fold's; ``--tta true``:
+    mirrored too) on a section (``--eval_section``), report to ``--output_dir``."""
     return {
         "eval_section": "validation",
+        **ensemble_ids(False, False),
         "validate#cases": _cases("@eval_section"),
+        "validate#inferer": landmark_inferer(cascade, "@tta_mirror_axes"),
         "validate#handlers": [
-            checkpoint_loader(),
             {"_target_": "StatsHandler", "iteration_log": False},
             {"_target_": "scripts.evaluation.LandmarkEvaluationReport", "output_dir": "@output_dir", "landmark_names": "@landmark_names"},
         ],
@@ -318,7 +328,8 @@ def inference_config(default_input: str, cascade: bool = False) -> dict:
     """inference.json: ``--input`` a scan, a folder or a datalist (its testing cases); ``--output_dir``."""
     return {
         "imports": ["$import os", "$import torch", "$import scripts", "$import scripts.data", "$import scripts.engines",
-                    "$import scripts.outputs", "$import scripts.plans", "$import scripts.cascade", "$import scripts.figures"],
+                    "$import scripts.outputs", "$import scripts.plans", "$import scripts.cascade", "$import scripts.figures",
+                    "$import scripts.model_files", "$import scripts.ensemble"],
         "bundle_root": ".",
         "ckpt_dir": "$@bundle_root + '/models'",
         "dataset_dir": "$@bundle_root + '/data'",
@@ -332,13 +343,12 @@ def inference_config(default_input: str, cascade: bool = False) -> dict:
         **(cascade_ids() if cascade else {}),
         "found_threshold": "$scripts.engines.found_threshold(@ckpt_dir + '/calibration.json')",
         "network_def": network_def(),
-        "network": "$@network_def.to(@device)",
-        "checkpoint_info": checkpoint_info(),
+        **ensemble_ids(True, True),
         "cases": "$scripts.data.resolve_inputs(@input, @output_dir)",
         "preprocessing": {"_target_": "Compose", "transforms": load_preprocessing()},
         "dataset": {"_target_": "scripts.data.ReportingDataset", "data": "@cases", "transform": "@preprocessing"},
         "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False, "num_workers": 0},
-        "inferer": landmark_inferer(cascade),
+        "inferer": landmark_inferer(cascade, "@tta_mirror_axes"),
         "postprocessing": {
             "_target_": "Compose",
             "transforms": [
@@ -350,7 +360,7 @@ def inference_config(default_input: str, cascade: bool = False) -> dict:
             ],
         },
         "summary": {"_target_": "scripts.outputs.InferenceSummary", "output_dir": "@output_dir", "landmark_names": "@landmark_names"},
-        "handlers": [checkpoint_loader(), "@summary"],
+        "handlers": ["@summary"],
         "evaluator": {
             "_target_": "scripts.engines.LandmarkEvaluator",
             "device": "@device",
@@ -401,7 +411,7 @@ def multi_gpu_train_config() -> dict:
         "device": "$torch.device(f\"cuda:{os.environ['LOCAL_RANK']}\") if torch.cuda.is_available() else torch.device('cpu')",
         "network": {
             "_target_": "torch.nn.parallel.DistributedDataParallel",
-            "module": "$@network_def.to(@device)",
+            "module": "$scripts.pretrained.initialize_from(@network_def, @pretrained, @landmark_names).to(@device)",
             "device_ids": "$[@device] if @device.type == 'cuda' else None",
         },
         "train#sampler": {
@@ -417,7 +427,7 @@ def multi_gpu_train_config() -> dict:
             "$import torch.distributed as dist",
             "$dist.is_initialized() or dist.init_process_group(backend='nccl' if torch.cuda.is_available() else 'gloo')",
             "$torch.cuda.set_device(@device) if @device.type == 'cuda' else None",
-            "$monai.utils.set_determinism(seed=0)",
+            "$monai.utils.set_determinism(seed=max(@fold, 0) + 1000 * dist.get_rank())",
             "$os.makedirs(@ckpt_dir, exist_ok=True)",
         ],
         "run": ["$@train#trainer.run()"],

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import Inferer, SlidingWindowInferer
 
-from scripts.engines import LandmarkCheckpointInfo
 from scripts.heatmaps import extract_landmarks
 
 logger = logging.getLogger(__name__)
@@ -120,19 +119,23 @@ def _pad_to(window: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.pad(window, pad)
 
 
-def make_inferer(plans: dict, coarse_network_def, coarse_checkpoint: str, device, stage: str = "fine") -> Inferer:
-    """The inferer the plans call for: a cascade when planned and its coarse model exists, else a sliding window."""
+def make_inferer(plans: dict, coarse_network_def, coarse_model_files: Sequence[str], device, stage: str = "fine",
+                 left_right_pairs: Sequence[Sequence[int]] = (), mirror_axes: Sequence[int] = ()) -> Inferer:
+    """The inferer the plans call for: a cascade when planned and its coarse model(s) exist, else a sliding window.
+
+    Several coarse files (folds) or ``mirror_axes`` make the coarse pass an ensemble too.
+    """
     cascade = plans.get("cascade")
     common = {"sw_batch_size": plans["sw_batch_size"], "overlap": plans["sw_overlap"]}
     if not cascade or stage == "coarse":
         return SlidingWindowInferer(plans["patch_size"], mode="gaussian", **common)
     coarse = None
-    if coarse_network_def is not None and os.path.exists(coarse_checkpoint):
-        checkpoint = torch.load(coarse_checkpoint, map_location=device, weights_only=False)
-        LandmarkCheckpointInfo(plans["landmark_names"], source=coarse_checkpoint).load_state_dict(checkpoint.get("landmark_info", {}))
-        coarse_network_def.load_state_dict(checkpoint["model"])
-        coarse = coarse_network_def.to(device).eval()
+    present = [path for path in coarse_model_files if os.path.exists(path)]
+    if coarse_network_def is not None and present:
+        from scripts.ensemble import build_network
+
+        coarse = build_network(coarse_network_def, present, plans["landmark_names"], left_right_pairs, mirror_axes, device)
     else:
-        logger.warning("cascade planned but %s is missing: full sliding window at fine resolution (slow)", coarse_checkpoint)
+        logger.warning("cascade planned but %s is missing: full sliding window at fine resolution (slow)", ", ".join(coarse_model_files))
     return CascadeInferer(coarse, plans["spacing"], cascade["coarse_spacing"], cascade["coarse_patch_size"], plans["patch_size"],
                           plans["sigma_voxels"], **common)

@@ -58,10 +58,13 @@ def prepare_landmark_batch(batchdata: dict, device=None, non_blocking: bool = Fa
     return image, target
 
 
+INFERENCE_ONLY_KEYS = ("sw_overlap", "sw_batch_size", "tta_mirror_axes")
+
+
 def plans_hash(plans_file: str) -> str:
-    """Hash of the planned configuration (the numbers a model was trained with; the fingerprint is not part of it)."""
+    """Hash of the planned configuration a model was trained with (not the fingerprint, not inference-only choices)."""
     with open(plans_file) as f:
-        configuration = json.load(f)["configuration"]
+        configuration = {k: v for k, v in json.load(f)["configuration"].items() if k not in INFERENCE_ONLY_KEYS}
     return hashlib.sha256(json.dumps(configuration, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -29,11 +29,14 @@ def _version(package: str) -> str:
 
 
 def _spatial_multiples(configuration: Mapping) -> list[str]:
-    """Inputs must be divisible by the product of the strides per axis."""
+    """Inputs must be divisible by the product of the strides per axis, and the deepest feature map needs
+    at least 2 voxels per axis that is downsampled (instance norm of a single voxel is undefined), so the
+    smallest valid input is twice the product: declared as multiples of that, which verify_net_in_out
+    checks at n = 1."""
     products = [1, 1, 1]
     for stride in configuration["strides"]:
         products = [p * s for p, s in zip(products, stride)]
-    return [f"{p}*n" for p in products]
+    return [f"{2 * p if p > 1 else 1}*n" for p in products]
 
 
 def network_data_format(configuration: Mapping) -> dict:

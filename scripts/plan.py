@@ -66,7 +66,7 @@ def write_configs(bundle_root: Path, plans: dict, datalist_file: str, default_in
     files = {
         "plans.json": dumps(plans),
         "train.json": dumps(train_config(datalist, cascade)),
-        "evaluate.json": dumps(evaluate_config()),
+        "evaluate.json": dumps(evaluate_config(cascade)),
         "inference.json": dumps(inference_config(bundle_reference(default_input, bundle_root) if default_input else datalist, cascade)),
         "metadata.json": dumps(build_metadata(plans["configuration"], existing, name=name or DEFAULT_NAME)),
         "multi_gpu_train.json": dumps(multi_gpu_train_config()),

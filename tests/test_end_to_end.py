@@ -115,7 +115,7 @@ def test_evaluate_reproduces_inference_numbers(trained, predictions):
     out, _ = predictions
     report = trained["root"] / "evaluation"
     bundle_run(trained["bundle"], "--config_file", "['configs/train.json','configs/evaluate.json']",
-               "--eval_section", "testing", "--output_dir", report)
+               "--eval_section", "testing", "--output_dir", report, "--tta", "true")
     metrics = json.loads((report / "metrics.json").read_text())
     spacing = np.mean(json.loads((trained["bundle"] / "configs" / "plans.json").read_text())["configuration"]["spacing"])
     errors_mm = errors_in_voxels(trained, out) * spacing

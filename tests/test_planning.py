@@ -195,7 +195,7 @@ def test_configuration_keys(heads):
     config = heads[2]["configuration"]
     assert list(config) == [
         "landmark_names", "left_right_pairs", "in_channels", "modality", "spacing", "normalization", "sigma_voxels",
-        "patch_size", "batch_size", "kernel_size", "strides", "filters", "sw_overlap", "sw_batch_size",
+        "patch_size", "batch_size", "kernel_size", "strides", "filters", "sw_overlap", "sw_batch_size", "tta_mirror_axes",
         "iterations_per_epoch", "epochs", "val_interval", "learning_rate", "loss_foreground_weight", "landmark_sampling_ratio", "augmentation",
         "folds", "cascade",
     ]

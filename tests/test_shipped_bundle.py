@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from monai.bundle import ConfigParser
 
-from scripts.datasets.afids import build
 from scripts.plan import main as plan_main
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -45,11 +44,10 @@ def test_shipped_metadata_is_valid():
 
 
 @pytest.mark.slow
-def test_shipped_configs_are_regenerated_by_the_documented_command(tmp_path):
+def test_shipped_configs_are_regenerated_by_the_documented_command(afids_bundle_dir):
     """python -m scripts.plan data/afids/datalist.json --bundle_root . --default_input data/afids/sample/sample_T1w.nii.gz
     --name afids_landmark_detection, run in a fresh bundle, writes the same files."""
-    bundle = tmp_path / "bundle"
-    build(bundle / "data" / "afids")
+    bundle = afids_bundle_dir
     assert plan_main([str(bundle / "data" / "afids" / "datalist.json"), "--bundle_root", str(bundle),
                       "--default_input", str(bundle / "data" / "afids" / "sample" / "sample_T1w.nii.gz"),
                       "--name", "afids_landmark_detection"]) == 0

@@ -489,6 +489,15 @@ def determine_augmentation(fingerprint: dict, spacing):
     return value, f"{n} training case(s): '{tier}' ({rule}){note}; {flip_reason}"
 
 
+def determine_tta_mirror_axes(augmentation: dict):
+    """Mirror at test time only along axes the network saw mirrored in training; a mirrored view it never
+    learned is noise in the average (nnU-Net mirrors every axis because it trains with every mirroring)."""
+    if augmentation.get("lr_flip_prob", 0.0) > 0:
+        return [0], ("left/right mirroring, paired channels swapped back (trained with left/right flips); no other axis: "
+                     "anatomy is not symmetric front/back or top/bottom and training never flips those")
+    return [], "no mirroring: training never flips (no left/right pairs, or unpaired landmarks off the midline)"
+
+
 def determine_folds(fingerprint: dict):
     """min(5, n) folds over the training section, assigned round-robin after a seeded shuffle of the
     cases sorted by image path (so reordering the datalist does not change who is in which fold)."""
@@ -534,6 +543,7 @@ def make_plans(fingerprint: dict, budget: str = "cpu", memory_gb: float | None =
     learning_rate = decide("learning_rate", determine_learning_rate(length["iterations_per_epoch"], length["epochs"]))
     sampling = decide("landmark_sampling_ratio", determine_landmark_sampling_ratio(fingerprint))
     augmentation = decide("augmentation", determine_augmentation(fingerprint, spacing))
+    tta_mirror_axes = decide("tta_mirror_axes", determine_tta_mirror_axes(augmentation))
     folds = decide("folds", determine_folds(fingerprint))
     loss_weight = decide("loss_foreground_weight", determine_loss_foreground_weight(network, sigma))
     if cascade is not None:
@@ -553,6 +563,7 @@ def make_plans(fingerprint: dict, budget: str = "cpu", memory_gb: float | None =
         "filters": network["filters"],
         "sw_overlap": window["overlap"],
         "sw_batch_size": window["sw_batch_size"],
+        "tta_mirror_axes": tta_mirror_axes,
         "iterations_per_epoch": length["iterations_per_epoch"],
         "epochs": length["epochs"],
         "val_interval": length["val_interval"],

@@ -1,0 +1,129 @@
+"""Cross-validation folds, fold-ensemble inference and DDP training under a real torchrun (gloo, CPU).
+
+One small synthetic dataset is planned once (4 training cases: 4 folds); the schedules are a few
+iterations, enough to check the wiring and that the loss falls, not accuracy (test_end_to_end does that).
+"""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from scripts.datasets.synthetic import LANDMARK_NAMES, make_synthetic_dataset
+
+PROJECT = Path(__file__).resolve().parent.parent
+TINY = ["--epochs", "2", "--iterations_per_epoch", "3", "--val_interval", "2", "--learning_rate", "0.003"]
+
+
+def run(args, cwd, timeout=900):
+    result = subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory):
+    root = tmp_path_factory.mktemp("folds")
+    datalist = make_synthetic_dataset(str(root / "data"), n_training=4, n_validation=2, n_testing=2, seed=3)
+    bundle = root / "bundle"
+    run([sys.executable, "-m", "scripts.plan", datalist, "--bundle_root", bundle, "--memory_gb", "0.33"], cwd=PROJECT)
+    return {"root": root, "bundle": bundle, "datalist": datalist}
+
+
+@pytest.fixture(scope="module")
+def two_folds(planned):
+    log = run([sys.executable, "-m", "scripts.train_folds", "--bundle_root", planned["bundle"], "--folds", "0", "1", "--", *TINY],
+              cwd=planned["bundle"])
+    return {**planned, "log": log}
+
+
+def test_planner_splits_four_cases_into_four_disjoint_folds(planned):
+    folds = json.loads((planned["bundle"] / "configs" / "plans.json").read_text())["configuration"]["folds"]
+    assert len(folds) == 4
+    assert sorted(i for fold in folds for i in fold["val"]) == [0, 1, 2, 3]
+    for fold in folds:
+        assert sorted(fold["train"] + fold["val"]) == [0, 1, 2, 3] and len(fold["val"]) == 1
+
+
+def test_train_folds_writes_each_fold_into_its_own_folder(two_folds):
+    models = two_folds["bundle"] / "models"
+    for fold in (0, 1):
+        assert (models / f"fold_{fold}" / "model.pt").is_file()
+        assert (models / f"fold_{fold}" / "checkpoint_epoch=2.pt").is_file()
+    assert not (models / "model.pt").exists(), "fold models never overwrite models/model.pt"
+    assert re.search(r"\s0\s+fine\s+ok", two_folds["log"]) and re.search(r"\s1\s+fine\s+ok", two_folds["log"])
+
+
+def test_train_folds_rerun_resumes_and_returns_at_once(two_folds):
+    log = run([sys.executable, "-m", "scripts.train_folds", "--bundle_root", two_folds["bundle"], "--folds", "1", "--", *TINY],
+              cwd=two_folds["bundle"])
+    assert "resumed from" in log and "training already complete" in log
+
+
+def test_a_fold_the_plans_do_not_have_is_refused(planned):
+    result = subprocess.run([sys.executable, "-m", "scripts.train_folds", "--bundle_root", planned["bundle"], "--folds", "7"],
+                            cwd=planned["bundle"], capture_output=True, text=True)
+    assert result.returncode != 0 and "fold(s) [7] do not exist: the plans have 4 folds" in result.stderr
+
+
+def test_ensemble_inference_averages_the_fold_heatmaps(two_folds):
+    from monai.bundle import ConfigParser
+
+    from scripts.ensemble import HeatmapEnsemble
+
+    bundle = two_folds["bundle"]
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(bundle), "input": two_folds["datalist"], "tta": False})
+    sys.path.insert(0, str(bundle))
+    try:
+        ensemble = parser.get_parsed_content("network")
+        inferer = parser.get_parsed_content("inferer")
+        case = parser.get_parsed_content("dataset")[0]
+    finally:
+        sys.path.remove(str(bundle))
+    assert isinstance(ensemble, HeatmapEnsemble) and len(ensemble.members) == 2
+    image = case["image"][None]
+    with torch.no_grad():
+        averaged = inferer(image, ensemble)
+        singles = [inferer(image, member) for member in ensemble.members]
+    torch.testing.assert_close(averaged, (singles[0] + singles[1]) / 2, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(singles[0], singles[1]), "two folds trained on different cases differ"
+
+    out = two_folds["root"] / "ensemble_predictions"
+    log = run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--input", two_folds["datalist"],
+               "--output_dir", out, "--save_png", "False"], cwd=bundle)
+    assert "ensemble of 2 model(s)" in log
+    assert len(list(out.rglob("*.mrk.json"))) == 2
+
+
+def test_torchrun_ddp_training_on_cpu_with_gloo(planned, tmp_path):
+    bundle = tmp_path / "ddp_bundle"
+    shutil.copytree(planned["bundle"], bundle, ignore=shutil.ignore_patterns("models"))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    launcher = [str(torchrun)] if torchrun.exists() else [sys.executable, "-m", "torch.distributed.run"]
+    log = run([*launcher, "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run", "--config_file",
+               "['configs/train.json','configs/multi_gpu_train.json']", "--bundle_root", bundle,
+               "--epochs", "8", "--iterations_per_epoch", "8", "--val_interval", "4", "--learning_rate", "0.003"], cwd=bundle)
+    losses = [float(x) for x in re.findall(r"epoch \d+/8: loss ([0-9.e-]+)", log)]
+    assert len(losses) == 8, "only rank 0 logs an epoch line"
+    assert np.mean(losses[-2:]) < 0.75 * np.mean(losses[:2]), losses
+    assert len(re.findall(r"Metrics -- .*val_mre: [0-9.]+", log)) == 2, "validation every 4 epochs, logged once"
+    models = bundle / "models"
+    assert sorted(p.name for p in models.glob("*.pt")) == ["checkpoint_epoch=8.pt", "model.pt"]
+    state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
+    assert all(k.startswith("net.") for k in state["model"]), "saved without the DDP 'module.' prefix"
+
+    out = tmp_path / "predictions"
+    run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--input", planned["datalist"],
+         "--output_dir", out, "--save_png", "False"], cwd=bundle)
+    record = json.loads(next(out.rglob("testing_000.json")).read_text())
+    assert set(record["landmarks"]) == set(LANDMARK_NAMES)
+    assert all(np.isfinite(v["position"]).all() for v in record["landmarks"].values())
