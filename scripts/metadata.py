@@ -11,6 +11,7 @@ import torch
 import monai
 
 SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
+MONAILABEL_VERSION = "0.8.5"  # monailabel_app/ is tested against it (requirements-monailabel.txt)
 REQUIRED_PACKAGES = ("nibabel", "pytorch-ignite", "SimpleITK", "itk", "fire", "scipy")
 KEPT_FIELDS = ("version", "changelog", "eval_metrics", "description", "authors", "copyright", "data_source",
                "intended_use", "references", "name")
@@ -99,7 +100,7 @@ def build_metadata(configuration: Mapping, existing: Mapping | None = None, name
         "eval_metrics": {},
         "intended_use": "Research use only; not a medical device and not for clinical decisions.",
         "references": REFERENCES,
-        "supported_apps": {},
+        "supported_apps": {"monailabel": MONAILABEL_VERSION},
         "network_data_format": network_data_format(configuration),
     }
     cascade = configuration.get("cascade")
