@@ -106,8 +106,8 @@ def check_finite(path, array) -> None:
             raise LandmarkDataError(path, "image contains NaN or infinite intensities")
 
 
-def check_image_data(path) -> None:
-    """Read all pixels once: truncated or corrupt data and NaN/inf intensities only show here.
+def check_image_data(path) -> tuple[float, float]:
+    """Read all pixels once: truncated or corrupt data and NaN/inf intensities only show here. Returns (min, max).
 
     NIfTI goes through nibabel because ITK hides both problems: it zero-fills a truncated .nii.gz and
     reads NaN voxels as 0, so the pixels the pipeline loads (through ITK) look clean.
@@ -125,3 +125,4 @@ def check_image_data(path) -> None:
         except RuntimeError as error:
             raise LandmarkDataError(path, f"cannot read image data: {_short_sitk_message(error)}") from None
     check_finite(path, array)
+    return (float(np.min(array)), float(np.max(array))) if array.size else (0.0, 0.0)
