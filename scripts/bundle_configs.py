@@ -74,6 +74,7 @@ def checkpoint_info() -> dict:
         "landmark_names": "@landmark_names",
         "plans_hash": "$scripts.engines.plans_hash(@plans_file)",
         "source": "$@ckpt_dir + '/' + @model_file",
+        "pretrained_from": "@pretrained",
     }
 
 

@@ -74,13 +74,17 @@ class LandmarkCheckpointInfo:
     Loading a checkpoint whose names differ from the config's is an error, never a silent mix-up.
     """
 
-    def __init__(self, landmark_names: Sequence[str], plans_hash: str = "", source: str = "checkpoint"):
+    def __init__(self, landmark_names: Sequence[str], plans_hash: str = "", source: str = "checkpoint", pretrained_from: str | None = None):
         self.landmark_names = list(landmark_names)
         self.plans_hash = plans_hash
         self.source = source
+        self.pretrained_from = pretrained_from  # the model file training started from (fine-tuning), if any
 
     def state_dict(self) -> dict:
-        return {"landmark_names": self.landmark_names, "plans_hash": self.plans_hash}
+        state = {"landmark_names": self.landmark_names, "plans_hash": self.plans_hash}
+        if self.pretrained_from:
+            state["pretrained_from"] = str(self.pretrained_from)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         names = list(state.get("landmark_names", []))
