@@ -29,11 +29,11 @@ import SimpleITK as sitk
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import machine_description  # noqa: E402
+from bench.registration import carry_landmarks, register_affine, register_bspline  # noqa: E402
 from scripts.data import image_stem  # noqa: E402
 from scripts.landmark_io import atomic_write_text, landmarks_to_array, load_datalist  # noqa: E402
 from scripts.metrics import summarize_errors  # noqa: E402
 
-RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])
 ENGINE_TIME = re.compile(r"LandmarkEvaluator - INFO - Engine run finished\. Time taken: (\d+):(\d+):([\d.]+)")
 
 
@@ -54,50 +54,6 @@ def evaluate_model(bundle: Path, datalist: str, section: str, tta: bool, output:
                 errors[row["case"]][row["landmark"]] = float(row["error_mm"])
     hours, minutes, seconds = ENGINE_TIME.search(result.stdout + result.stderr).groups()
     return errors, (int(hours) * 3600 + int(minutes) * 60 + float(seconds)) / max(len(errors), 1)
-
-
-# ----------------------------------------------------------------------------- registration
-
-
-def _registration(shrink: list[int], smooth: list[float]) -> sitk.ImageRegistrationMethod:
-    method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.02, seed=0)
-    method.SetInterpolator(sitk.sitkLinear)
-    method.SetShrinkFactorsPerLevel(shrink)
-    method.SetSmoothingSigmasPerLevel(smooth)
-    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    return method
-
-
-def register_affine(template: sitk.Image, case: sitk.Image) -> sitk.Transform:
-    """Template (fixed) -> case (moving): the transform maps template points to case points."""
-    initial = sitk.CenteredTransformInitializer(template, case, sitk.AffineTransform(3), sitk.CenteredTransformInitializerFilter.MOMENTS)
-    method = _registration([4, 2, 1], [2.0, 1.0, 0.0])
-    method.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=200, gradientMagnitudeTolerance=1e-6)
-    method.SetOptimizerScalesFromPhysicalShift()
-    method.SetInitialTransform(initial, inPlace=False)
-    return method.Execute(template, case)
-
-
-def register_bspline(template: sitk.Image, case: sitk.Image, affine: sitk.Transform, control_spacing_mm: float = 40.0) -> sitk.Transform:
-    """Affine, then a B-spline on top of it (control points every ``control_spacing_mm``)."""
-    mesh = [max(1, int(round(n * s / control_spacing_mm))) for n, s in zip(template.GetSize(), template.GetSpacing())]
-    bspline = sitk.BSplineTransformInitializer(template, mesh)
-    method = _registration([4, 2], [2.0, 1.0])  # full resolution adds minutes per case for little on 40 mm control spacing
-    method.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=30, maximumNumberOfCorrections=5)
-    method.SetMovingInitialTransform(affine)
-    method.SetInitialTransform(bspline, inPlace=True)
-    method.Execute(template, case)
-    composite = sitk.CompositeTransform(affine)
-    composite.AddTransform(bspline)  # applied first: x -> affine(bspline(x))
-    return composite
-
-
-def carry_landmarks(transform: sitk.Transform, template_ras: np.ndarray) -> np.ndarray:
-    lps = template_ras * RAS_TO_LPS
-    return np.array([transform.TransformPoint(tuple(map(float, p))) for p in lps]) * RAS_TO_LPS
 
 
 def registration_errors(template_entry: dict, cases: list[tuple[str, dict]], names: list[str], bspline: bool) -> dict:

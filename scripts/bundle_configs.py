@@ -330,7 +330,7 @@ def inference_config(default_input: str, cascade: bool = False) -> dict:
     return {
         "imports": ["$import os", "$import torch", "$import scripts", "$import scripts.data", "$import scripts.engines",
                     "$import scripts.outputs", "$import scripts.plans", "$import scripts.cascade", "$import scripts.figures",
-                    "$import scripts.model_files", "$import scripts.ensemble"],
+                    "$import scripts.model_files", "$import scripts.ensemble", "$import scripts.uncertainty"],
         "bundle_root": ".",
         "ckpt_dir": "$@bundle_root + '/models'",
         "dataset_dir": "$@bundle_root + '/data'",
@@ -342,6 +342,7 @@ def inference_config(default_input: str, cascade: bool = False) -> dict:
         **plan_ids(),
         "model_file": "model.pt",
         **(cascade_ids() if cascade else {}),
+        "calibration": "$scripts.uncertainty.load_calibration(@ckpt_dir + '/calibration.json')",
         "found_threshold": "$scripts.engines.found_threshold(@ckpt_dir + '/calibration.json')",
         "network_def": network_def(),
         **ensemble_ids(True, True),
@@ -353,7 +354,8 @@ def inference_config(default_input: str, cascade: bool = False) -> dict:
         "postprocessing": {
             "_target_": "Compose",
             "transforms": [
-                {"_target_": "scripts.transforms.ExtractLandmarksd", "left_right_pairs": "@left_right_pairs", "found_threshold": "@found_threshold"},
+                {"_target_": "scripts.transforms.ExtractLandmarksd", "left_right_pairs": "@left_right_pairs", "found_threshold": "@found_threshold",
+                 "sigma": "@sigma", "calibration": "@calibration", "landmark_names": "@landmark_names"},
                 {"_target_": "scripts.outputs.WriteLandmarksd", "output_dir": "@output_dir", "landmark_names": "@landmark_names",
                  "descriptions": "@landmark_descriptions"},
                 {"_target_": "scripts.figures.WriteLandmarkFigured", "output_dir": "@output_dir", "landmark_names": "@landmark_names",

@@ -84,7 +84,7 @@ class CascadeInferer(Inferer):
     def coarse_landmarks(self, image: torch.Tensor) -> np.ndarray:
         fine_shape = image.shape[2:]
         small = coarse_shape(fine_shape, self.spacing, self.coarse_spacing)
-        resampled = F.interpolate(image.as_tensor() if hasattr(image, "as_tensor") else image, size=small, mode="trilinear", align_corners=True)
+        resampled = F.interpolate(image, size=small, mode="trilinear", align_corners=True)
         heatmaps = self.coarse_inferer(resampled, self.coarse_network)[0]
         voxels, _ = extract_landmarks(heatmaps)
         return coarse_to_fine(voxels, fine_shape, small)
@@ -94,6 +94,9 @@ class CascadeInferer(Inferer):
             return self.full_inferer(inputs, network, *args, **kwargs)
         if inputs.shape[0] != 1:
             return torch.cat([self(inputs[i : i + 1], network) for i in range(inputs.shape[0])])
+        # plain tensors through the networks: MetaTensor bookkeeping on every layer costs ~10% here, and the
+        # geometry is read from the image, not from the heatmaps
+        inputs = inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs
         shape = list(inputs.shape[2:])
         points = self.coarse_landmarks(inputs)
         patch = [min(p, s) for p, s in zip(self.patch_size, shape)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import logging
@@ -38,7 +39,21 @@ def landmark_record(image: str, names: Sequence[str], data: Mapping, description
         }
         if descriptions and descriptions.get(name):
             landmarks[name]["description"] = descriptions[name]
+        if "pred_covariance_mm2" in data:
+            landmarks[name]["uncertainty"] = _uncertainty(data, i)
+            landmarks[name]["flags"] = ["configuration"] if np.asarray(data["pred_flagged"])[i] else []
     return {"image": image, "coordinate_system": "RAS", "units": "mm", "landmarks": landmarks}
+
+
+def _uncertainty(data: Mapping, i: int) -> dict:
+    """radius_mm (calibrated, null before calibration), its coverage, and the heatmap's world covariance."""
+    covariance = np.asarray(data["pred_covariance_mm2"], dtype=np.float64)[i]
+    radius = float(np.asarray(data["pred_radius_mm"], dtype=np.float64)[i])
+    return {
+        "radius_mm": round(radius, 3) if np.isfinite(radius) else None,
+        "coverage": data.get("pred_coverage"),
+        "covariance_mm2": _as_list(covariance) if np.all(np.isfinite(covariance)) else None,
+    }
 
 
 class WriteLandmarksd(Transform):
@@ -79,6 +94,7 @@ class InferenceSummary:
         self.print_tables_up_to = print_tables_up_to
         self.rows: list[list] = []
         self.failures: list[str] = []
+        self.flagged: dict[tuple[str, str], bool] = {}
         self.cases = 0
 
     def attach(self, engine) -> None:
@@ -94,17 +110,22 @@ class InferenceSummary:
         for item in case_items(engine.state):
             self.cases += 1
             world, scores, found = item["pred_landmarks_world"], item["pred_scores"], item["pred_found"]
+            radius = np.asarray(item.get("pred_radius_mm", np.full(len(world), np.nan)), dtype=np.float64)
+            flagged = np.asarray(item.get("pred_flagged", np.zeros(len(world), dtype=bool)), dtype=bool)
             for i, name in enumerate(self.landmark_names):
                 x, y, z = (round(float(v), 4) for v in world[i])
-                self.rows.append([item.get("stem", ""), name, x, y, z, round(float(scores[i]), 4), bool(found[i])])
+                r = round(float(radius[i]), 3) if np.isfinite(radius[i]) else ""
+                self.rows.append([item.get("stem", ""), name, x, y, z, round(float(scores[i]), 4), bool(found[i]), r])
+                self.flagged[(item.get("stem", ""), name)] = bool(flagged[i])
 
     def write(self, engine=None) -> None:
         os.makedirs(self.output_dir, exist_ok=True)
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["case", "landmark", "x", "y", "z", "score", "found"])
+        writer.writerow(["case", "landmark", "x", "y", "z", "score", "found", "radius_mm"])
         writer.writerows(self.rows)
         atomic_write_text(os.path.join(self.output_dir, "summary.csv"), buffer.getvalue())
+        atomic_write_text(os.path.join(self.output_dir, "qa.html"), self.qa_page())
         done = self.cases - len(self.failures)
         if done <= self.print_tables_up_to:
             print(self.tables())
@@ -113,14 +134,45 @@ class InferenceSummary:
             print(f"failed: {line}")
 
     def tables(self) -> str:
-        """One table per case: landmark, RAS position (mm), score, found."""
+        """One table per case: landmark, RAS position (mm), score, found, calibrated radius (when calibrated)."""
         lines, current = [], None
-        for case, name, x, y, z, score, found in self.rows:
+        for case, name, x, y, z, score, found, radius in self.rows:
             if case != current:
                 current = case
-                lines += ["", case, f"  {'landmark':<10} {'R (mm)':>9} {'A (mm)':>9} {'S (mm)':>9} {'score':>6}  found"]
-            lines.append(f"  {name:<10} {x:>9.2f} {y:>9.2f} {z:>9.2f} {score:>6.3f}  {'yes' if found else 'NO'}")
+                lines += ["", case, f"  {'landmark':<10} {'R (mm)':>9} {'A (mm)':>9} {'S (mm)':>9} {'score':>6}  found  radius (mm)"]
+            r = f"{radius:>11.1f}" if radius != "" else f"{'-':>11}"
+            lines.append(f"  {name:<10} {x:>9.2f} {y:>9.2f} {z:>9.2f} {score:>6.3f}  {'yes' if found else 'NO ':<5}{r}")
         return "\n".join(lines)
+
+    def qa_page(self) -> str:
+        """qa.html: per case its landmark figure and a table (name, position, score, radius, flags); landmarks
+        flagged by the configuration check or not found are highlighted; failed cases listed first."""
+        parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Landmark QA</title><style>",
+                 "body{font-family:sans-serif} table{border-collapse:collapse} td,th{padding:2px 8px;border-bottom:1px solid #ddd}",
+                 ".flag{background:#ffd9a0} .missing{color:#c00} img{max-width:100%}</style></head><body><h1>Landmark QA</h1>"]
+        if self.failures:
+            parts.append("<h2>Failed</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in self.failures) + "</ul>")
+        current = None
+        for case, name, x, y, z, score, found, radius in self.rows:
+            if case != current:
+                if current is not None:
+                    parts.append("</table>")
+                current = case
+                figure = f"{case}_landmarks.png"
+                parts.append(f"<h2>{html.escape(case)}</h2>")
+                if os.path.exists(os.path.join(self.output_dir, figure)):
+                    parts.append(f"<img src='{html.escape(figure)}' alt='landmarks of {html.escape(case)}'>")
+                parts.append("<table><tr><th>landmark</th><th>R</th><th>A</th><th>S</th><th>score</th><th>found</th>"
+                             "<th>radius (mm)</th><th>flags</th></tr>")
+            flag = self.flagged.get((case, name), False)
+            style = " class='flag'" if flag else (" class='missing'" if not found else "")
+            parts.append(f"<tr{style}><td>{html.escape(name)}</td><td>{x:.2f}</td><td>{y:.2f}</td><td>{z:.2f}</td><td>{score:.3f}</td>"
+                         f"<td>{'yes' if found else 'no'}</td><td>{radius if radius != '' else '-'}</td>"
+                         f"<td>{'configuration' if flag else ''}</td></tr>")
+        if current is not None:
+            parts.append("</table>")
+        parts.append("</body></html>")
+        return "\n".join(parts) + "\n"
 
     def exit_on_failures(self) -> None:
         if self.failures:

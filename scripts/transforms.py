@@ -21,6 +21,7 @@ from monai.transforms import Flip, MapTransform, Randomizable, RandomizableTrans
 
 from scripts.errors import LandmarkDataError
 from scripts.heatmaps import extract_landmarks, pair_permutation, correct_left_right, render_heatmaps
+from scripts.uncertainty import configuration_flags, heatmap_covariances, radii
 from scripts.image_io import check_finite, check_image_data
 from scripts.landmark_io import landmarks_to_array, voxel_to_world, world_to_voxel
 
@@ -241,11 +242,17 @@ class ExtractLandmarksd(Transform):
         image_key: str = "image",
         left_right_pairs: Sequence[Sequence[int]] = (),
         found_threshold: float = 0.25,
+        sigma: float | None = None,
+        calibration: Mapping | None = None,
+        landmark_names: Sequence[str] | None = None,
     ):
         self.pred_key = pred_key
         self.image_key = image_key
         self.pairs = [tuple(p) for p in left_right_pairs]
         self.found_threshold = found_threshold
+        self.sigma = sigma  # set: also the heatmap spread (covariance) per landmark
+        self.calibration = dict(calibration or {})
+        self.landmark_names = list(landmark_names or [])
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
@@ -259,5 +266,15 @@ class ExtractLandmarksd(Transform):
         d["pred_landmarks"] = world_to_voxel(affine_of(image), world)
         d["pred_landmarks_input_voxel"] = world_to_voxel(np.asarray(original, dtype=np.float64), world)
         d["pred_scores"] = scores
-        d["pred_found"] = scores >= self.found_threshold
+        found = scores >= self.found_threshold
+        if self.sigma is not None:
+            covariances = heatmap_covariances(d[self.pred_key], voxels, self.sigma, affine_of(image))[order]
+            radius = radii(self.calibration, covariances)
+            flagged, _ = configuration_flags(world, self.calibration.get("distances"), self.landmark_names or range(len(world)))
+            d["pred_covariance_mm2"], d["pred_radius_mm"], d["pred_flagged"] = covariances, radius, flagged
+            d["pred_coverage"] = self.calibration.get("coverage")
+            found &= ~flagged
+            if np.isfinite(self.calibration.get("max_radius_mm", np.nan)):
+                found &= ~(radius > float(self.calibration["max_radius_mm"]))
+        d["pred_found"] = found
         return d

@@ -107,7 +107,7 @@ def test_inference_writes_every_format_consistently(trained, predictions):
         for name in LANDMARK_NAMES:
             np.testing.assert_allclose(other[name], positions[name], atol=1e-3)
     summary = (out / "summary.csv").read_text().strip().splitlines()
-    assert summary[0] == "case,landmark,x,y,z,score,found" and len(summary) == 1 + 6 * len(LANDMARK_NAMES)
+    assert summary[0] == "case,landmark,x,y,z,score,found,radius_mm" and len(summary) == 1 + 6 * len(LANDMARK_NAMES)
     assert not list(out.rglob("*.tmp*")), "no temporary files left behind"
 
 
@@ -151,3 +151,18 @@ def test_inference_over_a_folder_reports_a_bad_file_and_keeps_the_rest(trained, 
     assert "landmarks written for 2 of 3" in result.stdout
     summary = (out / "summary.csv").read_text()
     assert "a/scan" in summary and "b/scan" in summary
+
+
+def test_calibration_gives_every_landmark_a_radius_and_a_qa_page(trained, tmp_path):
+    log = run(["-m", "scripts.calibrate", "--bundle_root", trained["bundle"], "--datalist", trained["datalist"], "--section", "testing",
+               "--calibration_cases", "4"], cwd=trained["bundle"]).stdout
+    calibration = json.loads((trained["bundle"] / "models" / "calibration.json").read_text())
+    assert calibration["coverage"] == 0.9 and np.isfinite(calibration["normalized_quantile"]) and "held out" in log
+    assert calibration["holdout_coverage"]["testing"]["landmarks"] == 2 * len(LANDMARK_NAMES)
+    out = tmp_path / "calibrated"
+    bundle_run(trained["bundle"], "--config_file", "configs/inference.json", "--input", trained["datalist"], "--output_dir", out)
+    record = json.loads((out / "images" / "testing_000.json").read_text())
+    for entry in record["landmarks"].values():
+        assert entry["uncertainty"]["radius_mm"] > 0 and entry["uncertainty"]["coverage"] == 0.9
+        assert np.allclose(entry["uncertainty"]["covariance_mm2"], np.transpose(entry["uncertainty"]["covariance_mm2"]))
+    assert "images/testing_000_landmarks.png" in (out / "qa.html").read_text()

@@ -41,12 +41,13 @@ def test_landmark_files_round_trip_with_descriptions(tmp_path):
 
 def test_summary_prints_a_table_per_case(tmp_path, capsys):
     summary = InferenceSummary(str(tmp_path), NAMES)
-    summary.rows = [["site/scan", "AC", 10.0, 12.0, 14.0, 0.91, True], ["site/scan", "PC", 21.0, 22.0, 24.0, 0.12, False]]
+    summary.rows = [["site/scan", "AC", 10.0, 12.0, 14.0, 0.91, True, 1.75], ["site/scan", "PC", 21.0, 22.0, 24.0, 0.12, False, ""]]
     summary.cases = 1
     summary.write()
     printed = capsys.readouterr().out
-    assert "site/scan" in printed and "  AC             10.00     12.00     14.00  0.910  yes" in printed and "0.120  NO" in printed
-    assert (tmp_path / "summary.csv").read_text().splitlines()[2] == "site/scan,PC,21.0,22.0,24.0,0.12,False"
+    assert "site/scan" in printed and "  AC             10.00     12.00     14.00  0.910  yes          1.8" in printed and "0.120  NO" in printed
+    assert (tmp_path / "summary.csv").read_text().splitlines()[1:] == ["site/scan,AC,10.0,12.0,14.0,0.91,True,1.75",
+                                                                     "site/scan,PC,21.0,22.0,24.0,0.12,False,"]
 
 
 def test_landmark_png_is_written(tmp_path):

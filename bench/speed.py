@@ -1,0 +1,274 @@
+"""Speed and memory of training and inference, with atlas registration as the reference; writes docs/benchmarks.md.
+
+    python bench/speed.py [--bundle_root .] [--repeats 3] [--quick]
+
+Everything in one run on one machine (stated in the output):
+1. heatmap targets per training patch: ours (windowed, separable) vs a full-patch Gaussian per landmark
+   vs MONAI's GenerateHeatmapd, and as a share of one training step;
+2. one training sample through the data pipeline (cached preprocessing + augmentation) vs the network step;
+3. the training step for the planned patch and batch, with 1 and 2 threads;
+4. the command a user runs on a 1 mm whole-head T1 (the AFIDs sample resampled to 1 mm), wall time
+   including process start-up and peak RSS: the shipped cascade, + mirror TTA, a 2-member ensemble,
+   and the fine network's sliding window over the whole head; SimpleITK affine and affine + B-spline
+   registration of the AFIDs template to the same scan (bench/registration.py), also as commands;
+5. scaling: sliding-window inference time vs image size (64^3 to 256^3) and vs landmark count (4 to 128).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))
+
+from bench.machine import machine_description  # noqa: E402
+from scripts.heatmaps import render_heatmaps  # noqa: E402
+from scripts.landmark_io import atomic_write_text  # noqa: E402
+
+PEAK_RSS = str(PROJECT / "bench" / "peak_rss.py")
+
+
+def best_of(function, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+# ----------------------------------------------------------------------------- 1-3: training
+
+
+def full_patch_gaussians(points, shape, sigma):
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"), axis=0)
+    return np.stack([np.exp(-((grid - p[:, None, None, None]) ** 2).sum(0) / (2 * sigma**2)) for p in points]).astype(np.float32)
+
+
+def training_rows(parser, repeats: int) -> tuple[list, float]:
+    from monai.transforms import GenerateHeatmapd
+
+    plans = parser.get_parsed_content("plans")
+    patch, sigma, batch = plans["patch_size"], plans["sigma_voxels"], plans["batch_size"]
+    n = len(plans["landmark_names"])
+    rng = np.random.default_rng(0)
+    points = rng.uniform(0, np.asarray(patch) - 1, size=(n, 3))
+    generate = GenerateHeatmapd(keys="points", heatmap_keys="heatmap", ref_image_keys="image", sigma=sigma)
+    sample = {"points": torch.as_tensor(points, dtype=torch.float32), "image": torch.zeros(1, *patch)}
+    ours = best_of(lambda: render_heatmaps(points, patch, sigma), repeats)
+    full = best_of(lambda: full_patch_gaussians(points, patch, sigma), max(1, repeats // 2))
+    try:
+        monai_time = best_of(lambda: generate(dict(sample)), repeats)
+    except Exception as error:  # report rather than hide an API difference
+        monai_time = float("nan")
+        print(f"GenerateHeatmapd failed: {error}", file=sys.stderr)
+
+    network = parser.get_parsed_content("network_def")
+    loss = parser.get_parsed_content("loss")
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
+    x = torch.randn(batch, 1, *patch)
+    y = {"label": torch.rand(batch, n, *patch) * 0.01, "mask": torch.ones(batch, n)}
+
+    def step():
+        optimizer.zero_grad()
+        loss(network(x), y).backward()
+        optimizer.step()
+
+    step_times = {}
+    threads = torch.get_num_threads()
+    for count in sorted({1, min(2, os.cpu_count() or 1), threads}):
+        torch.set_num_threads(count)
+        step()
+        step_times[count] = best_of(step, repeats)
+    torch.set_num_threads(threads)
+    step_time = step_times[threads]
+
+    dataset = parser.get_parsed_content("train#dataset")
+    dataset[0]
+    pipeline = best_of(lambda: dataset[0], repeats * 3)
+    rows = [
+        ("heatmap targets, ours (windowed, separable)", f"{ours * 1e3:.2f} ms per patch", f"{ours * batch / step_time:.2%} of a step"),
+        ("heatmap targets, full-patch Gaussian per landmark", f"{full * 1e3:.1f} ms per patch", f"{full * batch / step_time:.1%} of a step"),
+        ("heatmap targets, MONAI GenerateHeatmapd", f"{monai_time * 1e3:.1f} ms per patch", f"{monai_time * batch / step_time:.1%} of a step"),
+        ("one training sample through the data pipeline", f"{pipeline * 1e3:.1f} ms",
+         f"{pipeline * batch / step_time:.1%} of a step ({batch} samples)"),
+    ]
+    for count, seconds in step_times.items():
+        rows.append((f"training step, patch {patch} x batch {batch}, {n} landmarks, {count} thread(s)", f"{seconds:.3f} s", ""))
+    return rows, step_time
+
+
+# ----------------------------------------------------------------------------- 4: whole-head inference
+
+
+def resample_to_1mm(source: str, target: str) -> tuple[int, ...]:
+    image = sitk.ReadImage(source)
+    spacing = (1.0, 1.0, 1.0)
+    size = [int(round(n * s)) for n, s in zip(image.GetSize(), image.GetSpacing())]
+    resampled = sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), spacing, image.GetDirection(), 0.0,
+                              image.GetPixelID())
+    sitk.WriteImage(resampled, target)
+    return tuple(size)
+
+
+def timed_command(args: list[str], cwd: Path) -> tuple[float, float]:
+    """(wall seconds including start-up, peak RSS in GB) of one command."""
+    start = time.perf_counter()
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"{args} failed:\n{result.stderr[-2000:]}")
+    peak = [line for line in result.stderr.splitlines() if line.startswith("PEAK_RSS_KIB")]
+    return seconds, (int(peak[-1].split()[1]) / 1024**2 if peak else float("nan"))
+
+
+def inference_rows(bundle: Path, data: Path, work: Path) -> list:
+    scan = work / "head_1mm.nii.gz"
+    size = resample_to_1mm(str(data / "sample" / "sample_T1w.nii.gz"), str(scan))
+    ensemble_bundle = work / "ensemble_bundle"
+    shutil.copytree(bundle, ensemble_bundle, ignore=shutil.ignore_patterns("data", "tests", "bench", ".git", "dist", "predictions",
+                                                                           "checkpoint_*", "fold_*", "docs"))
+    for fold in (0, 1):
+        (ensemble_bundle / "models" / f"fold_{fold}").mkdir(parents=True, exist_ok=True)
+        for name in ("model.pt", "coarse_model.pt"):
+            shutil.copy(bundle / "models" / name, ensemble_bundle / "models" / f"fold_{fold}" / name)
+    infer = [sys.executable, PEAK_RSS, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--input", str(scan),
+             "--save_png", "False"]
+    variants = [
+        ("cascade (shipped default, --tta false)", bundle, ["--tta", "false"]),
+        ("cascade + mirror TTA", bundle, ["--tta", "true"]),
+        ("cascade, ensemble of 2 members (copies)", ensemble_bundle, ["--tta", "false"]),
+        ("fine network sliding window over the whole head (no cascade)", bundle, ["--tta", "false", "--coarse_model_files", "$[]"]),
+    ]
+    rows = []
+    for name, root, extra in variants:
+        seconds, peak = timed_command([*infer, "--output_dir", str(work / name[:10].replace(" ", "_")), *extra], root)
+        rows.append((f"inference: {name}", seconds, peak))
+    template = data / "images" / "tpl-MNI152NLin2009cAsym_res-01_T1w.nii.gz"
+    landmarks = data / "landmarks" / "tpl-MNI152NLin2009cAsym_res-01_T1w.json"
+    register = [sys.executable, PEAK_RSS, str(PROJECT / "bench" / "registration.py"), str(template), str(landmarks), str(scan)]
+    for name, extra in (("SimpleITK affine registration", []), ("SimpleITK affine + B-spline registration", ["--bspline"])):
+        seconds, peak = timed_command([*register, *extra], PROJECT)
+        rows.append((name, seconds, peak))
+    return rows, size
+
+
+# ----------------------------------------------------------------------------- 5: scaling
+
+
+def scaling_rows(parser, sizes, counts, repeats: int) -> list:
+    from monai.inferers import SlidingWindowInferer
+
+    from scripts.network import LandmarkHeatmapNet
+
+    plans = parser.get_parsed_content("plans")
+    inferer = SlidingWindowInferer(plans["patch_size"], sw_batch_size=plans["sw_batch_size"], overlap=plans["sw_overlap"], mode="gaussian")
+
+    def network(n):
+        return LandmarkHeatmapNet(1, n, plans["kernel_size"], plans["strides"], plans["filters"]).eval()
+
+    rows = []
+    net = network(len(plans["landmark_names"]))
+    for size in sizes:
+        image = torch.randn(1, 1, size, size, size)
+        with torch.inference_mode():
+            seconds = best_of(lambda: inferer(image, net), repeats if size <= 128 else 1)
+        rows.append((f"{size}^3 voxels, {len(plans['landmark_names'])} landmarks", seconds))
+    image = torch.randn(1, 1, 128, 128, 128)
+    for n in counts:
+        net = network(n)
+        with torch.inference_mode():
+            seconds = best_of(lambda: inferer(image, net), repeats)
+        rows.append((f"128^3 voxels, {n} landmarks", seconds))
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle_root", default=str(PROJECT))
+    parser.add_argument("--data", default=str(PROJECT / "data" / "afids"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="smaller scaling sweep (64^3-128^3, 4-32 landmarks)")
+    parser.add_argument("--output", default=str(PROJECT / "docs" / "benchmarks.md"))
+    args = parser.parse_args()
+    bundle = Path(args.bundle_root).resolve()
+    from monai.bundle import ConfigParser
+
+    config = ConfigParser()
+    config.read_config(str(bundle / "configs" / "train.json"))
+    config["bundle_root"] = str(bundle)
+    train_rows, step_time = training_rows(config, args.repeats)
+    print("training measured", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        infer_rows, head_size = inference_rows(bundle, Path(args.data).resolve(), Path(tmp))
+    print("inference measured", flush=True)
+    sizes, counts = ([64, 96, 128], [4, 16, 32]) if args.quick else ([64, 128, 192, 256], [4, 16, 32, 64, 128])
+    scale_rows = scaling_rows(config, sizes, counts, args.repeats)
+
+    by_name = {name: (seconds, peak) for name, seconds, peak in infer_rows}
+    shipped = by_name["inference: cascade (shipped default, --tta false)"]
+    affine = by_name["SimpleITK affine registration"][0]
+    bspline = by_name["SimpleITK affine + B-spline registration"][0]
+    ours = [row for row in train_rows if row[0].startswith("heatmap targets, ours")][0]
+    share = float(ours[2].split("%")[0]) / 100
+    targets = [
+        ("shipped inference / (affine + B-spline registration)", shipped[0] / bspline, "<= 0.25"),
+        ("shipped inference / affine registration", shipped[0] / affine, "<= 1.0"),
+        ("peak RSS of shipped inference (GB)", shipped[1], "<= 4"),
+        ("heatmap rendering share of a training step", share, "<= 5%"),
+    ]
+    met = [shipped[0] / bspline <= 0.25, shipped[0] / affine <= 1.0, shipped[1] <= 4.0, share <= 0.05]
+    lines = [
+        "# Benchmarks: training and inference speed, memory, and the registration reference",
+        "",
+        f"Written by `python bench/speed.py{' --quick' if args.quick else ''}`; every number below was measured in one run on:",
+        f"{machine_description()}.",
+        "",
+        "## Targets",
+        "",
+        "| measure | value | target | met |",
+        "|---|---|---|---|",
+        *[f"| {name} | {value:.2f}{'' if 'share' not in name else ''} | {target} | {'yes' if ok else '**no**'} |"
+          for (name, value, target), ok in zip(targets, met)],
+        "",
+        "## Training (per patch / step)",
+        "",
+        "| what | time | share |",
+        "|---|---|---|",
+        *[f"| {a} | {b} | {c} |" for a, b, c in train_rows],
+        "",
+        f"## Inference on a 1 mm whole-head T1 ({'x'.join(map(str, head_size))} voxels), as a user runs it",
+        "",
+        "Wall time includes process start-up, model loading and writing the outputs (no PNG); peak RSS of the process.",
+        "",
+        "| command | seconds | peak RSS (GB) |",
+        "|---|---|---|",
+        *[f"| {name} | {seconds:.1f} | {peak:.2f} |" for name, seconds, peak in infer_rows],
+        "",
+        "## Scaling (sliding window of the fine network, no cascade, no start-up)",
+        "",
+        "| input | seconds |",
+        "|---|---|",
+        *[f"| {name} | {seconds:.2f} |" for name, seconds in scale_rows],
+        "",
+    ]
+    table = "\n".join(lines)
+    print(table)
+    atomic_write_text(args.output, table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

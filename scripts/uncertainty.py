@@ -1,0 +1,142 @@
+"""How far to trust each landmark: heatmap spread, conformal error radii, and a configuration check.
+
+- Spread: the weighted covariance of the heatmap around its peak (values >= ``SPREAD_FLOOR`` x peak within
+  ``SPREAD_REACH`` sigma), mapped to world mm^2 through the grid's affine, so an ellipsoid in scanner space.
+  A perfect prediction of the trained target has covariance sigma^2 (the target's own width); a blurred or
+  double-peaked heatmap has more.
+- Calibration (split conformal prediction): on cases the model was not trained on, the normalised score
+  e / s (e = radial error, s = sqrt(trace(C) / 3) the spread's RMS axis in mm) gives one quantile q at the
+  conformal level ceil((n + 1) coverage) / n, and every landmark's radius is r = q * s: confident (sharp)
+  landmarks get tighter radii. Per-landmark plain quantiles need >= 1 / (1 - coverage) - 1 cases each, so
+  they are stored only when there are that many.
+- Configuration check: each landmark's distances to the others against the training annotations
+  (median and MAD per pair, the MAD floored at 10% of the distance or 2 mm, since one training subject has no
+  spread): a landmark whose median |robust z| over its partners exceeds ``CONFIGURATION_Z`` jumped to the
+  wrong structure, even when its heatmap looks confident. The median over partners keeps one wrong landmark
+  from flagging its neighbours, each of which has only one bad partner.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+SPREAD_FLOOR = 0.1
+SPREAD_REACH = 3.0
+CONFIGURATION_Z = 3.0
+MAD_FLOOR_FRACTION = 0.1
+MAD_FLOOR_MM = 2.0
+DEFAULT_COVERAGE = 0.9
+
+
+def heatmap_covariances(heatmaps, peaks: np.ndarray, sigma: float, affine: np.ndarray) -> np.ndarray:
+    """(N, 3, 3) world covariance (mm^2) of each channel around its peak voxel (float (N, 3))."""
+    volume = heatmaps.detach().as_subclass(torch.Tensor) if isinstance(heatmaps, torch.Tensor) else torch.as_tensor(np.asarray(heatmaps))
+    linear = np.asarray(affine, dtype=np.float64)[:3, :3]
+    reach = int(math.ceil(SPREAD_REACH * sigma))
+    shape = np.asarray(volume.shape[1:])
+    out = np.full((volume.shape[0], 3, 3), np.nan)
+    for c, peak in enumerate(np.asarray(peaks, dtype=np.float64)):
+        if not np.all(np.isfinite(peak)):
+            continue
+        centre = np.clip(np.round(peak).astype(int), 0, shape - 1)
+        lo, hi = np.maximum(centre - reach, 0), np.minimum(centre + reach + 1, shape)
+        window = volume[c, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].to(torch.float64).cpu().numpy()
+        top = window.max() if window.size else 0.0
+        if top <= 0:
+            continue
+        weights = np.where(window >= SPREAD_FLOOR * top, window, 0.0)
+        grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij"), axis=-1).reshape(-1, 3)
+        w = weights.reshape(-1)
+        mean = (grid * w[:, None]).sum(0) / w.sum()
+        offsets = grid - mean
+        voxel_cov = (offsets * w[:, None]).T @ offsets / w.sum()
+        out[c] = linear @ voxel_cov @ linear.T
+    return out
+
+
+def spread_mm(covariances: np.ndarray) -> np.ndarray:
+    """RMS axis length sqrt(trace(C) / 3) per landmark, mm (NaN where no covariance)."""
+    return np.sqrt(np.trace(np.asarray(covariances), axis1=-2, axis2=-1) / 3.0)
+
+
+def conformal_quantile(scores: Sequence[float], coverage: float) -> float:
+    """Split-conformal quantile: the ceil((n + 1) coverage)-th smallest score (inf when n is too small)."""
+    values = np.sort(np.asarray([s for s in scores if np.isfinite(s)], dtype=np.float64))
+    n = len(values)
+    rank = int(math.ceil((n + 1) * coverage))
+    return float(values[rank - 1]) if 0 < rank <= n else math.inf
+
+
+def calibrate(errors: np.ndarray, spreads: np.ndarray, names: Sequence[str], coverage: float = DEFAULT_COVERAGE) -> dict:
+    """Calibration from (cases, landmarks) errors and spreads in mm (NaN = not annotated)."""
+    errors, spreads = np.asarray(errors, dtype=np.float64), np.asarray(spreads, dtype=np.float64)
+    usable = np.isfinite(errors) & np.isfinite(spreads) & (spreads > 0)
+    q = conformal_quantile(errors[usable] / spreads[usable], coverage)
+    per_landmark = {}
+    minimum_cases = int(math.ceil(1.0 / (1.0 - coverage))) - 1
+    for j, name in enumerate(names):
+        column = errors[:, j][np.isfinite(errors[:, j])]
+        if len(column) >= minimum_cases:
+            per_landmark[name] = round(conformal_quantile(column, coverage), 3)
+    return {
+        "coverage": coverage,
+        "method": "split conformal, normalised by the heatmap spread: radius = q * sqrt(trace(cov) / 3)",
+        "normalized_quantile": round(q, 4),
+        "pooled_radius_mm": round(conformal_quantile(errors[np.isfinite(errors)], coverage), 3),
+        "per_landmark_radius_mm": per_landmark,
+        "n_cases": int(errors.shape[0]),
+        "n_scores": int(usable.sum()),
+    }
+
+
+def radii(calibration: Mapping | None, covariances: np.ndarray) -> np.ndarray:
+    """Calibrated radius per landmark (mm), NaN without a calibration."""
+    if not calibration or not np.isfinite(calibration.get("normalized_quantile", np.nan)):
+        return np.full(len(covariances), np.nan)
+    return float(calibration["normalized_quantile"]) * spread_mm(covariances)
+
+
+def distance_statistics(cases: Sequence[Mapping[str, Sequence[float]]], names: Sequence[str]) -> dict:
+    """Per landmark pair: median distance and floored MAD (mm) over the annotated cases."""
+    points = np.array([[case.get(n, [np.nan] * 3) for n in names] for case in cases], dtype=np.float64)
+    distances = np.linalg.norm(points[:, :, None, :] - points[:, None, :, :], axis=-1)  # (cases, N, N)
+    with np.errstate(all="ignore"):
+        median = np.nanmedian(distances, axis=0)
+        mad = 1.4826 * np.nanmedian(np.abs(distances - median), axis=0)
+    scale = np.maximum(np.nan_to_num(mad), np.maximum(MAD_FLOOR_FRACTION * np.nan_to_num(median), MAD_FLOOR_MM))
+    return {"names": list(names), "median_mm": np.round(median, 3).tolist(), "scale_mm": np.round(scale, 3).tolist(),
+            "n_cases": len(cases)}
+
+
+def configuration_flags(world: np.ndarray, statistics: Mapping | None, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(flagged (N,) bool, median |robust z| (N,)) of predicted positions against the training geometry."""
+    n = len(names)
+    if not statistics:
+        return np.zeros(n, dtype=bool), np.full(n, np.nan)
+    order = [statistics["names"].index(name) if name in statistics["names"] else -1 for name in names]
+    median = np.asarray(statistics["median_mm"], dtype=np.float64)
+    scale = np.asarray(statistics["scale_mm"], dtype=np.float64)
+    world = np.asarray(world, dtype=np.float64)
+    distances = np.linalg.norm(world[:, None, :] - world[None, :, :], axis=-1)
+    z = np.full((n, n), np.nan)
+    for a in range(n):
+        for b in range(n):
+            if a != b and order[a] >= 0 and order[b] >= 0 and np.isfinite(median[order[a], order[b]]):
+                z[a, b] = (distances[a, b] - median[order[a], order[b]]) / scale[order[a], order[b]]
+    with np.errstate(all="ignore"):
+        score = np.nanmedian(np.abs(z), axis=1)
+    return np.nan_to_num(score, nan=0.0) > CONFIGURATION_Z, score
+
+
+def load_calibration(path: str) -> dict | None:
+    """models/calibration.json, or None before calibration."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)

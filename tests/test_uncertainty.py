@@ -1,0 +1,115 @@
+"""Heatmap spread, split-conformal radii and coverage, the configuration check, and the QA outputs."""
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from scripts.figures import WriteLandmarkFigured
+from scripts.heatmaps import render_heatmaps
+from scripts.outputs import InferenceSummary
+from scripts.transforms import ExtractLandmarksd
+from scripts.uncertainty import (calibrate, configuration_flags, conformal_quantile, distance_statistics, heatmap_covariances, radii,
+                                 spread_mm)
+
+NAMES = ["A", "B", "C", "D"]
+LAYOUT = np.array([[0.0, 0.0, 0.0], [40.0, 0.0, 0.0], [0.0, 40.0, 0.0], [0.0, 0.0, 40.0]])
+
+
+def test_conformal_quantile_by_hand():
+    scores = np.arange(1.0, 11.0)  # 1..10
+    assert conformal_quantile(scores, 0.9) == 10.0  # ceil(11 * 0.9) = 10th smallest
+    assert conformal_quantile(scores, 0.5) == 6.0  # ceil(11 * 0.5) = 6th
+    assert conformal_quantile(scores[:5], 0.9) == np.inf  # ceil(6 * 0.9) = 6 > 5 scores: no finite radius
+
+
+def test_covariance_follows_the_grid_spacing_and_is_axis_aligned():
+    heatmaps = torch.from_numpy(render_heatmaps([[20.0, 20.0, 20.0]], (40, 40, 40), 3.0))
+    affine = np.diag([1.0, 2.0, 1.0, 1.0])
+    covariance = heatmap_covariances(heatmaps, np.array([[20.0, 20.0, 20.0]]), 3.0, affine)[0]
+    assert covariance[1, 1] == pytest.approx(4 * covariance[0, 0], rel=1e-6)  # 2 mm voxels along y: 4x the variance
+    assert covariance[0, 0] == pytest.approx(covariance[2, 2], rel=1e-6)
+    assert abs(covariance[0, 1]) < 1e-6 * covariance[0, 0]
+    assert 0.5 * 9 < covariance[0, 0] < 9  # the 10%-of-peak floor trims the sigma^2 = 9 voxel^2 tails a little
+
+
+def test_sharp_heatmap_gets_a_smaller_radius_than_a_blurred_one():
+    points = np.array([[20.0, 20.0, 20.0], [20.0, 20.0, 20.0]])
+    heatmaps = torch.from_numpy(np.concatenate([render_heatmaps(points[:1], (40, 40, 40), 2.0),
+                                                render_heatmaps(points[1:], (40, 40, 40), 6.0)]))
+    covariances = heatmap_covariances(heatmaps, points, 6.0, np.eye(4))
+    r = radii({"normalized_quantile": 1.5}, covariances)
+    assert r[0] < 0.5 * r[1]
+    assert np.all(np.isnan(radii(None, covariances))), "no calibration, no radius"
+
+
+def test_calibrated_radius_reaches_the_nominal_coverage_on_fresh_cases():
+    rng = np.random.default_rng(0)
+    spreads = rng.uniform(0.5, 4.0, size=(800, 5))
+    errors = spreads * np.linalg.norm(rng.normal(size=(800, 5, 3)), axis=-1)  # error scale proportional to spread
+    calibration = calibrate(errors[:400], spreads[:400], [f"L{i}" for i in range(5)], coverage=0.9)
+    held_out = np.mean(errors[400:] <= calibration["normalized_quantile"] * spreads[400:])
+    assert 0.88 <= held_out <= 0.92
+    assert len(calibration["per_landmark_radius_mm"]) == 5  # 400 cases each: enough for plain per-landmark radii
+    few = calibrate(errors[:5], spreads[:5], [f"L{i}" for i in range(5)], coverage=0.9)
+    assert few["per_landmark_radius_mm"] == {} and np.isfinite(few["normalized_quantile"])  # 25 pooled scores suffice
+
+
+def test_configuration_check_flags_only_the_landmark_that_jumped():
+    rng = np.random.default_rng(1)
+    training = [{n: (LAYOUT[i] * rng.uniform(0.95, 1.05) + rng.normal(0, 0.5, 3)).tolist() for i, n in enumerate(NAMES)} for _ in range(8)]
+    statistics = distance_statistics(training, NAMES)
+    predicted = LAYOUT.copy()
+    flagged, score = configuration_flags(predicted, statistics, NAMES)
+    assert not flagged.any()
+    predicted[2] += [0.0, -30.0, 25.0]  # C jumps to another structure
+    flagged, score = configuration_flags(predicted, statistics, NAMES)
+    assert flagged.tolist() == [False, False, True, False] and score[2] > 3
+
+
+def test_one_training_subject_still_gives_a_usable_geometry():
+    statistics = distance_statistics([{n: LAYOUT[i].tolist() for i, n in enumerate(NAMES)}], NAMES)
+    assert statistics["scale_mm"][0][1] == pytest.approx(4.0)  # MAD 0 -> floor max(10% of 40 mm, 2 mm)
+    predicted = LAYOUT * 1.1  # a 10% larger head is plausible
+    assert not configuration_flags(predicted, statistics, NAMES)[0].any()
+
+
+def prediction_case(tmp_path, displaced: bool):
+    image = MetaTensor(torch.rand(1, 48, 48, 48), affine=torch.eye(4), meta={"filename_or_obj": str(tmp_path / "scan.nii.gz")})
+    centres = LAYOUT / 2 + 4
+    if displaced:
+        centres[2] = [40.0, 40.0, 40.0]
+    heatmaps = torch.from_numpy(render_heatmaps(centres, (48, 48, 48), 2.0))
+    training = [{n: (LAYOUT[i] / 2 + 4).tolist() for i, n in enumerate(NAMES)}]
+    calibration = {"normalized_quantile": 2.0, "coverage": 0.9, "max_radius_mm": 100.0, "distances": distance_statistics(training, NAMES)}
+    extract = ExtractLandmarksd(sigma=2.0, calibration=calibration, landmark_names=NAMES, found_threshold=0.25)
+    return extract({"image": image, "pred": heatmaps, "stem": "scan"})
+
+
+def test_extraction_reports_radius_covariance_and_configuration_flags(tmp_path):
+    good = prediction_case(tmp_path, displaced=False)
+    assert np.all(good["pred_found"]) and not good["pred_flagged"].any()
+    np.testing.assert_allclose(good["pred_radius_mm"], 2.0 * spread_mm(good["pred_covariance_mm2"]))
+    bad = prediction_case(tmp_path, displaced=True)
+    assert bad["pred_flagged"].tolist() == [False, False, True, False]
+    assert bad["pred_found"].tolist() == [True, True, False, True], "a confident peak in the wrong place is not 'found'"
+
+
+def test_qa_figure_and_page_show_flagged_landmarks(tmp_path):
+    data = prediction_case(tmp_path, displaced=True)
+    WriteLandmarkFigured(str(tmp_path / "out"), NAMES)(data)
+    assert (tmp_path / "out" / "scan_landmarks.png").read_bytes()[:4] == b"\x89PNG"
+    summary = InferenceSummary(str(tmp_path / "out"), NAMES)
+
+    class State:
+        output = [data]
+        batch = None
+
+    class Engine:
+        state = State()
+
+    summary.collect(Engine())
+    summary.write()
+    page = (tmp_path / "out" / "qa.html").read_text()
+    assert "<img src='scan_landmarks.png'" in page
+    assert "<tr class='flag'><td>C</td>" in page and "<td>configuration</td>" in page
