@@ -346,7 +346,8 @@ def inference_config(default_input: str, cascade: bool = False) -> dict:
         "found_threshold": "$scripts.engines.found_threshold(@ckpt_dir + '/calibration.json')",
         "network_def": network_def(),
         **ensemble_ids(True, True),
-        "cases": "$scripts.data.resolve_inputs(@input, @output_dir)",
+        "overwrite": False,
+        "cases": "$scripts.data.resolve_inputs(@input, @output_dir, @overwrite)",
         "preprocessing": {"_target_": "Compose", "transforms": load_preprocessing()},
         "dataset": {"_target_": "scripts.data.ReportingDataset", "data": "@cases", "transform": "@preprocessing"},
         "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False, "num_workers": 0},
@@ -375,7 +376,7 @@ def inference_config(default_input: str, cascade: bool = False) -> dict:
             "amp": False,
         },
         "initialize": ["$torch.set_grad_enabled(False)"],
-        "run": ["$@evaluator.run()", "$@summary.exit_on_failures()"],
+        "run": ["$@evaluator.run() if @cases else print('nothing left to do')", "$@summary.exit_on_failures()"],
         "finalize": [],
     }
 

@@ -85,9 +85,39 @@ def check_cases(entries: Sequence[dict], landmark_names: Sequence[str], what: st
     return list(entries)
 
 
+OUTPUT_SUFFIXES = (".fcsv", ".mrk.json", ".json")  # .json is written last: its presence marks a finished case
+
+
 @exits_on_data_error
-def resolve_inputs(input_path: str, output_dir: str | None = None) -> list[dict]:
-    """``--input`` as a file, a folder (searched recursively for images) or a datalist (its testing cases)."""
+def resolve_inputs(input_path: str, output_dir: str | None = None, overwrite=True) -> list[dict]:
+    """``--input`` as a file, a folder (searched recursively for images) or a datalist (its testing cases).
+
+    With ``overwrite`` false, cases whose outputs are all in ``output_dir`` already are skipped (a rerun
+    after an interruption only does what is left)."""
+    cases = _resolve_inputs(input_path, output_dir)
+    if output_dir:
+        _check_writable(output_dir)
+    if overwrite is True or str(overwrite).lower() in ("true", "1", "yes") or not output_dir:
+        return cases
+    todo = [c for c in cases if not all(os.path.exists(os.path.join(output_dir, c["stem"] + s)) for s in OUTPUT_SUFFIXES)]
+    if len(todo) < len(cases):
+        print(f"skipping {len(cases) - len(todo)} case(s) already written to {output_dir} (--overwrite true to redo them)")
+    return todo
+
+
+def _check_writable(folder: str) -> None:
+    """Fail before any work when the output folder cannot be created or written (read-only, no space)."""
+    import tempfile
+
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_test_"):
+            pass
+    except OSError as error:
+        raise SystemExit(f"error: {folder}: cannot write the outputs here ({error.strerror or error})") from None
+
+
+def _resolve_inputs(input_path: str, output_dir: str | None) -> list[dict]:
     path = Path(input_path)
     if not path.exists():
         raise SystemExit(f"error: {input_path}: no such file or folder")

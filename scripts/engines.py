@@ -126,7 +126,14 @@ class ResumeTraining:
             return
         from monai.handlers import CheckpointLoader
 
-        CheckpointLoader(load_path=path, load_dict={**self.load_dict, "trainer": engine}, map_location="cpu")(engine)
+        try:
+            CheckpointLoader(load_path=path, load_dict={**self.load_dict, "trainer": engine}, map_location="cpu")(engine)
+        except SystemExit:
+            raise
+        except Exception as error:  # truncated file, another network, another optimizer: never start over silently
+            reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+            raise SystemExit(f"error: {path}: cannot resume from this training state ({reason}); "
+                             "move it away to start over, or set --resume false") from None
         logger.info("resumed from %s at epoch %d", path, engine.state.epoch)
         if engine.state.epoch >= engine.state.max_epochs:
             logger.info("training already complete (%d epochs)", engine.state.max_epochs)

@@ -70,14 +70,18 @@ class WriteLandmarksd(Transform):
         image = str(d.get("image_path") or d["image"].meta.get("filename_or_obj", ""))
         stem = d.get("stem") or os.path.basename(image)
         base = os.path.join(self.output_dir, stem)
-        os.makedirs(os.path.dirname(base), exist_ok=True)
         record = landmark_record(image, self.landmark_names, d, self.descriptions)
         positions = {name: value["position"] for name, value in record["landmarks"].items()}
-        for suffix in self.formats:
-            if suffix == ".json":
-                atomic_write_text(base + ".json", json.dumps(record, indent=2) + "\n")
-            else:
-                write_landmarks(base + suffix, positions, self.descriptions)
+        # .json last: a rerun without --overwrite treats a case whose .json exists as finished
+        for suffix in sorted(self.formats, key=lambda s: s == ".json"):
+            try:
+                os.makedirs(os.path.dirname(base), exist_ok=True)
+                if suffix == ".json":
+                    atomic_write_text(base + ".json", json.dumps(record, indent=2) + "\n")
+                else:
+                    write_landmarks(base + suffix, positions, self.descriptions)
+            except OSError as error:  # disk full, permissions: the atomic write left nothing behind
+                raise SystemExit(f"error: {base + suffix}: cannot write ({error.strerror or error}); cases written so far are complete") from None
         d["output_files"] = [base + s for s in self.formats]
         return d
 

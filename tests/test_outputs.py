@@ -1,5 +1,6 @@
 """Per-case files, the printed table and the landmark PNG."""
 
+import pytest
 import json
 
 import numpy as np
@@ -57,3 +58,20 @@ def test_landmark_png_is_written(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
     WriteLandmarkFigured(str(tmp_path / "none"), NAMES, enabled=False)(prediction(tmp_path))
     assert not (tmp_path / "none").exists()
+
+
+def test_an_unwritable_output_folder_is_a_one_line_error_before_any_work(tmp_path):
+    from scripts.data import resolve_inputs
+
+    (tmp_path / "scan.nii.gz").write_bytes(b"")
+    (tmp_path / "taken").write_text("a file where the output folder should be")
+    with pytest.raises(SystemExit, match=r"^error: .*taken/out: cannot write the outputs here"):
+        resolve_inputs(str(tmp_path / "scan.nii.gz"), str(tmp_path / "taken" / "out"))
+
+
+def test_a_failing_write_names_the_file_and_leaves_no_partial_output(tmp_path):
+    data = prediction(tmp_path)
+    (tmp_path / "blocked").write_text("not a folder")
+    with pytest.raises(SystemExit, match=r"^error: .*blocked/site/scan\.fcsv: cannot write"):
+        WriteLandmarksd(str(tmp_path / "blocked"), NAMES)(data)
+    assert (tmp_path / "blocked").read_text() == "not a folder"
