@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import glob
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -48,8 +49,27 @@ def member_files(ckpt_dir: str, model_file: str, ensemble: bool = True) -> list[
     return [os.path.join(ckpt_dir, model_file)]
 
 
+def torchscript_landmark_names(path: str) -> tuple[torch.nn.Module, list[str]]:
+    """A TorchScript export (``ckpt_export``) and its landmark names, read from the metadata.json it embeds."""
+    extra = {"metadata.json": ""}
+    try:
+        module = torch.jit.load(path, map_location="cpu", _extra_files=extra)
+    except Exception as error:  # noqa: BLE001 - torch raises many kinds for foreign files
+        raise LandmarkDataError(path, f"not a readable TorchScript file ({type(error).__name__})") from None
+    try:
+        channels = json.loads(extra["metadata.json"])["network_data_format"]["outputs"]["pred"]["channel_def"]
+    except (ValueError, KeyError, TypeError):
+        raise LandmarkDataError(path, "TorchScript file without the bundle's metadata.json (export it with ckpt_export)") from None
+    return module, [channels[str(i)] for i in range(len(channels))]
+
+
 def load_member(network_def: torch.nn.Module, path: str, landmark_names: Sequence[str], plans_hash: str = "") -> torch.nn.Module:
-    """A copy of ``network_def`` with the weights of ``path``, whose landmarks must be the config's."""
+    """A copy of ``network_def`` with the weights of ``path``, whose landmarks must be the config's; a ``.ts``
+    path is the exported TorchScript network itself."""
+    if str(path).endswith(".ts"):
+        module, names = torchscript_landmark_names(path)
+        LandmarkCheckpointInfo(landmark_names, source=path).load_state_dict({"landmark_names": names})
+        return module.eval()
     state, info = read_checkpoint(path)
     LandmarkCheckpointInfo(landmark_names, plans_hash, source=path).load_state_dict(info)
     network = copy.deepcopy(network_def)

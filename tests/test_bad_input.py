@@ -176,3 +176,27 @@ def test_train_cli_one_line_error(tmp_path, good):
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "flat.nii.gz" in result.stderr
     assert not list((bundle / "models").glob("*.pt"))
+
+
+def test_thousands_of_points_are_refused_by_the_planner_with_one_line(tmp_path, good):
+    entry, _ = good
+    rows = "".join(f"P{i:04d},{i % 10},{(i // 10) % 10},{i % 7}\n" for i in range(2000))
+    (tmp_path / "cloud.csv").write_text("name,x,y,z\n" + rows)
+    datalist = tmp_path / "cloud.json"
+    datalist.write_text(json.dumps({"training": [{**entry, "landmarks": "cloud.csv"}]}))
+    result = run_cli("-m", "scripts.plan", datalist, "--bundle_root", tmp_path / "bundle")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "2000 landmark names: over 512" in result.stderr and not (tmp_path / "bundle" / "configs").exists()
+
+
+def test_non_ascii_names_and_paths_with_spaces(tmp_path, good):
+    entry, image = good
+    folder = tmp_path / "Patientin Müller"
+    folder.mkdir()
+    (folder / "T1 scan.nii.gz").write_bytes(Path(image).read_bytes())
+    datalist = folder / "datalist.json"
+    datalist.write_text(json.dumps({"landmark_names": ["Nasion", "Sella turcica (Türkensattel)"], "training": [
+        {"image": "T1 scan.nii.gz", "landmarks": {"Nasion": [3.0, 4.0, 5.0], "Sella turcica (Türkensattel)": [6.0, 6.0, 6.0]}}]}),
+        encoding="utf-8")
+    cases = check_cases(select_cases(str(datalist), "training"), ["Nasion", "Sella turcica (Türkensattel)"])
+    assert len(cases) == 1 and cases[0]["image"].endswith("Patientin Müller/T1 scan.nii.gz")

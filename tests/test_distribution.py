@@ -92,7 +92,7 @@ def test_download_over_http_and_run_from_outside_the_repository(bundle_zip, afid
         np.testing.assert_allclose(from_zip[name]["position"], from_repo[name]["position"], atol=1e-4)
 
 
-def test_torchscript_export_gives_the_same_heatmaps(tmp_path):
+def test_torchscript_export_gives_the_same_heatmaps_and_runs_inference_json(tmp_path, afids_bundle_dir):
     exported = tmp_path / "model.ts"
     cli(["-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", exported, "--ckpt_file", "models/model.pt",
          "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json", "--key_in_ckpt", "model"], cwd=PROJECT)
@@ -110,6 +110,15 @@ def test_torchscript_export_gives_the_same_heatmaps(tmp_path):
     extra_files = {"metadata.json": ""}
     torch.jit.load(str(exported), _extra_files=extra_files)
     assert json.loads(extra_files["metadata.json"])["name"] == NAME, "the export carries the bundle's metadata"
+
+    sample = afids_bundle_dir / "data" / "afids" / "sample" / "sample_T1w.nii.gz"
+    common = ["-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--input", sample, "--save_png", "False", "--tta", "False"]
+    cli([*common, "--output_dir", tmp_path / "pt"], cwd=PROJECT)
+    cli([*common, "--output_dir", tmp_path / "ts", "--model_files", f"['{exported}']"], cwd=PROJECT)
+    from_pt = json.loads((tmp_path / "pt" / "sample_T1w.json").read_text())["landmarks"]
+    from_ts = json.loads((tmp_path / "ts" / "sample_T1w.json").read_text())["landmarks"]
+    for name in from_pt:
+        np.testing.assert_allclose(from_ts[name]["position"], from_pt[name]["position"], atol=1e-3)
 
 
 def test_verify_net_in_out_passes_with_the_declared_shapes():

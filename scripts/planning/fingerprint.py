@@ -463,10 +463,16 @@ def _intensity_block(records: list[dict], cases: list[tuple[str, int, dict]], li
     return modality, channels
 
 
+MAX_LANDMARKS = 512  # channels; 512 heatmaps of a 96^3 patch are already 1.8 GB per sample in float32
+
+
 def fingerprint_dataset(datalist: Datalist, max_cases_for_intensity: int = 50) -> dict:
     """Geometry, intensities and landmark layout of the training + validation cases (JSON-able)."""
     cases = _labelled_cases(datalist)
     names = list(datalist.landmark_names)
+    if len(names) > MAX_LANDMARKS:
+        raise LandmarkDataError(datalist.path, f"{len(names)} landmark names: over {MAX_LANDMARKS}, one heatmap channel each would not "
+                                               "fit in memory (a point cloud or surface rather than landmarks?)")
     records, positions, warnings = [], [], []
     for section, index, entry in cases:
         record, case_positions, case_warnings = _case_record(datalist, section, index, entry, names)
