@@ -79,6 +79,18 @@ def imported_positions(datalist_file: Path) -> dict[str, dict[str, np.ndarray]]:
             for e in datalist.section("training")}
 
 
+def assert_within_half_a_voxel(dataset: Path, truth: dict) -> None:
+    """Import ``dataset`` from its blobs and compare with the truth, per axis in voxels of each image."""
+    (dataset / "d.json").write_text(json.dumps(import_nnlandmark(dataset, dataset / "d.json")))
+    positions = imported_positions(dataset / "d.json")
+    for case, points in truth.items():
+        affine = read_image_header(str(dataset / "imagesTr" / f"{case}_0000.nii.gz")).affine
+        assert set(positions[case]) == set(points)
+        for name, world in points.items():
+            offset = world_to_voxel(affine, positions[case][name]) - world_to_voxel(affine, world)
+            assert np.all(np.abs(offset) < 0.5), (case, name, offset)
+
+
 def test_nnlandmark_import_uses_the_voxel_json_exactly(nnlandmark, tmp_path):
     root, truth = nnlandmark
     output = tmp_path / "datalist.json"
@@ -99,15 +111,7 @@ def test_nnlandmark_import_falls_back_to_blob_centres(nnlandmark, tmp_path):
     copy = tmp_path / "no_json"
     shutil.copytree(root, copy)
     (copy / "all_landmarks_voxel.json").unlink()
-    datalist = import_nnlandmark(copy, tmp_path / "d.json")
-    (tmp_path / "d.json").write_text(json.dumps(datalist))
-    positions = imported_positions(tmp_path / "d.json")
-    for case, points in truth.items():
-        affine = read_image_header(str(copy / "imagesTr" / f"{case}_0000.nii.gz")).affine
-        assert set(positions[case]) == set(points)
-        for name, world in points.items():
-            offset = world_to_voxel(affine, positions[case][name]) - world_to_voxel(affine, world)
-            assert np.all(np.abs(offset) < 0.5), (case, name, offset)
+    assert_within_half_a_voxel(copy, truth)
 
 
 def test_slicer_folder_and_separate_markups_folder(tmp_path):
@@ -178,14 +182,7 @@ def test_export_to_nnlandmark_json_and_label_maps_round_trips(nnlandmark, tmp_pa
     shutil.copytree(tmp_path / "maps", back / "labelsTr", ignore=shutil.ignore_patterns("labels.json"))
     (back / "dataset.json").write_text(json.dumps({"labels": json.loads((tmp_path / "maps" / "labels.json").read_text())["labels"],
                                                    "file_ending": ".nii.gz"}))
-    reimported = import_nnlandmark(back, back / "d.json")
-    (back / "d.json").write_text(json.dumps(reimported))
-    positions = imported_positions(back / "d.json")
-    for case, points in truth.items():
-        affine = read_image_header(str(root / "imagesTr" / f"{case}_0000.nii.gz")).affine
-        assert set(positions[case]) == set(points)
-        for name, world in points.items():
-            assert np.all(np.abs(world_to_voxel(affine, positions[case][name]) - world_to_voxel(affine, world)) < 0.5)
+    assert_within_half_a_voxel(back, truth)
 
 
 def test_imported_dataset_plans_trains_infers_and_fine_tunes(nnlandmark, tmp_path):
