@@ -71,6 +71,7 @@ class CascadeInferer(Inferer):
         sigma: float,
         sw_batch_size: int = 1,
         overlap: float = 0.25,
+        search_radius: float | None = None,
     ):
         super().__init__()
         self.coarse_network = coarse_network
@@ -78,6 +79,7 @@ class CascadeInferer(Inferer):
         self.coarse_spacing = list(coarse_spacing)
         self.patch_size = list(patch_size)
         self.margin = [min(3 * sigma, p / 4) for p in patch_size]
+        self.search_radius = min(self.margin) if search_radius is None else (None if search_radius <= 0 else float(search_radius))
         self.coarse_inferer = SlidingWindowInferer(coarse_patch_size, sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian")
         self.full_inferer = SlidingWindowInferer(patch_size, sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian")
 
@@ -108,8 +110,20 @@ class CascadeInferer(Inferer):
             if output is None:
                 output = torch.zeros((predicted.shape[0], *shape), dtype=predicted.dtype, device=predicted.device)
             region = tuple(slice(int(a), int(a) + p) for a, p in zip(start, patch))
-            output[(members, *region)] = predicted[members]
+            output[(members, *region)] = predicted[members] * self._search_balls(points[members] - start, patch).to(predicted)
         return output[None]
+
+    def _search_balls(self, centres: np.ndarray, patch: Sequence[int]) -> torch.Tensor:
+        """(members, *patch) masks: 1 within ``search_radius`` voxels of each coarse position, else 0.
+
+        The fine network sees a 48-voxel patch in which similar structures recur (the other horn, the
+        neighbouring sulcus); it refines the coarse position, so its peak is searched near it."""
+        if self.search_radius is None:
+            return torch.ones((len(centres), *patch))
+        grid = torch.stack(torch.meshgrid(*[torch.arange(p, dtype=torch.float32) for p in patch], indexing="ij"), dim=-1)
+        centres = torch.as_tensor(np.asarray(centres), dtype=torch.float32)
+        distance = torch.linalg.norm(grid[None] - centres[:, None, None, None, :], dim=-1)
+        return (distance <= self.search_radius).to(torch.float32)
 
 
 def _pad_to(window: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -140,5 +154,7 @@ def make_inferer(plans: dict, coarse_network_def, coarse_model_files: Sequence[s
         coarse = build_network(coarse_network_def, present, plans["landmark_names"], left_right_pairs, mirror_axes, device)
     else:
         logger.warning("cascade planned but %s is missing: full sliding window at fine resolution (slow)", ", ".join(coarse_model_files))
+    search_mm = cascade.get("fine_search_radius_mm")
+    search_radius = search_mm / min(plans["spacing"]) if search_mm else None
     return CascadeInferer(coarse, plans["spacing"], cascade["coarse_spacing"], cascade["coarse_patch_size"], plans["patch_size"],
-                          plans["sigma_voxels"], **common)
+                          plans["sigma_voxels"], search_radius=search_radius, **common)

@@ -58,13 +58,15 @@ def prepare_landmark_batch(batchdata: dict, device=None, non_blocking: bool = Fa
     return image, target
 
 
-INFERENCE_ONLY_KEYS = ("sw_overlap", "sw_batch_size", "tta_mirror_axes")
+INFERENCE_ONLY_KEYS = ("sw_overlap", "sw_batch_size", "tta_mirror_axes", "fine_search_radius_mm")
 
 
 def plans_hash(plans_file: str) -> str:
     """Hash of the planned configuration a model was trained with (not the fingerprint, not inference-only choices)."""
     with open(plans_file) as f:
         configuration = {k: v for k, v in json.load(f)["configuration"].items() if k not in INFERENCE_ONLY_KEYS}
+    if configuration.get("cascade"):
+        configuration["cascade"] = {k: v for k, v in configuration["cascade"].items() if k not in INFERENCE_ONLY_KEYS}
     return hashlib.sha256(json.dumps(configuration, sort_keys=True).encode()).hexdigest()[:16]
 
 

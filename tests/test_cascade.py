@@ -69,3 +69,21 @@ def test_stage_configuration_swaps_in_the_coarse_numbers():
     assert stage_configuration(configuration, "fine") is configuration
     with pytest.raises(SystemExit, match="no cascade"):
         stage_configuration({**configuration, "cascade": None}, "coarse")
+
+
+class AddDecoy(torch.nn.Module):
+    """A fine "network" that also fires, brighter, 10 voxels away along x: a look-alike structure in the patch."""
+
+    def forward(self, x):
+        return x.clone() + 1.5 * torch.roll(x, shifts=10, dims=2)
+
+
+def test_fine_peak_is_searched_near_the_coarse_position():
+    point = np.array([[30.2, 40.6, 35.4]])
+    image = torch.from_numpy(render_heatmaps(point, (80, 80, 80), sigma=3.0))[None]
+    near = CascadeInferer(Copy(), [1, 1, 1], [3, 3, 3], [32, 32, 32], [48, 48, 48], sigma=3.0, search_radius=6.0)
+    found, _ = extract_landmarks(near(image, AddDecoy())[0])
+    np.testing.assert_allclose(found, point, atol=0.05)
+    anywhere = CascadeInferer(Copy(), [1, 1, 1], [3, 3, 3], [32, 32, 32], [48, 48, 48], sigma=3.0, search_radius=0)
+    decoy, _ = extract_landmarks(anywhere(image, AddDecoy())[0])
+    assert abs(decoy[0][0] - (point[0][0] + 10)) < 0.5, "without the search ball the brighter look-alike wins"

@@ -326,6 +326,9 @@ def determine_sliding_window(fingerprint: dict, spacing, network: dict, budget: 
     )
 
 
+FINE_SEARCH_COARSE_VOXELS = 2.0  # AFIDs validation, 4.3 mm coarse grid: radius 8 mm MRE 4.1, 12 mm 5.6, 16 mm 6.6, none 11.4
+
+
 def determine_cascade(fingerprint: dict, spacing, network: dict, budget: str = "cpu", memory_gb: float | None = None):
     """Two stages when the median image is > 8x the patch: a coarse network sees the whole image at a
     coarser spacing (same voxel budget), the fine one refines each landmark in a patch around it."""
@@ -363,12 +366,14 @@ def determine_cascade(fingerprint: dict, spacing, network: dict, budget: str = "
         "coarse_filters": coarse["filters"],
         "coarse_batch_size": profile.min_batch_size,
         "coarse_sigma_voxels": coarse_sigma,
+        "fine_search_radius_mm": _r(FINE_SEARCH_COARSE_VOXELS * float(np.max(coarse_spacing)), 3),
     }
     return value, (
         f"median image {shape.astype(int).tolist()} is {ratio:.1f}x the patch volume (> {CASCADE_VOLUME_RATIO:g}): a coarse stage at "
         f"{_r(coarse_spacing, 3)} mm sees the whole median image in one {coarse['patch_size']} patch, the fine stage "
-        f"refines each landmark in a {network['patch_size']} patch at {list(spacing)} mm; the coarse sigma is the default "
-        f"{SIGMA_DEFAULT:g} voxels without the neighbour cap (it only places patches, and wide targets learn fast)"
+        f"refines each landmark in a {network['patch_size']} patch at {list(spacing)} mm, its peak searched within "
+        f"{FINE_SEARCH_COARSE_VOXELS:g} coarse voxels of the coarse position (a fine patch holds look-alike structures); the coarse "
+        f"sigma is the default {SIGMA_DEFAULT:g} voxels without the neighbour cap (it only places patches, and wide targets learn fast)"
     )
 
 
