@@ -2,12 +2,26 @@
 
     python bench/peak_rss.py -m monai.bundle run ...      |      python bench/peak_rss.py script.py args...
 
-Prints ``PEAK_RSS_KIB <n>`` (ru_maxrss) on stderr and exits with the command's exit code.
+Prints ``PEAK_RSS_KIB <n>`` on stderr and exits with the command's exit code. The peak is VmHWM from
+/proc/self/status (falling back to ru_maxrss): on Linux ru_maxrss survives fork + exec, so a child of a big
+process would report its parent's size.
 """
 
+import os
 import resource
 import runpy
 import sys
+
+
+def peak_kib() -> int:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def main() -> int:
@@ -15,6 +29,7 @@ def main() -> int:
     code = 0
     try:
         if args[0] == "-m":
+            sys.path[0] = os.getcwd()  # as ``python -m`` does (a script run puts its own folder there instead)
             sys.argv = args[1:]
             runpy.run_module(args[1], run_name="__main__", alter_sys=True)
         else:
@@ -24,7 +39,7 @@ def main() -> int:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
         if exit_.code not in (None, 0) and not isinstance(exit_.code, int):
             print(exit_.code, file=sys.stderr)
-    print("PEAK_RSS_KIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+    print("PEAK_RSS_KIB", peak_kib(), file=sys.stderr)
     return code
 
 

@@ -142,11 +142,24 @@ class ResumeTraining:
 
 
 class TrainingStateSaver(CheckpointSaver):
-    """MONAI's CheckpointSaver that also saves the trainer it is attached to (for ResumeTraining)."""
+    """MONAI's CheckpointSaver that also saves the trainer it is attached to (for ResumeTraining), and keeps
+    only the newest state: a run resumed after a crash would otherwise leave the crashed run's file behind."""
+
+    def __init__(self, *args, file_prefix: str = "", **kwargs):
+        super().__init__(*args, file_prefix=file_prefix, **kwargs)
+        self.state_prefix = file_prefix
 
     def attach(self, engine) -> None:
         self.save_dict["trainer"] = engine
         super().attach(engine)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.remove_older_states)
+
+    def remove_older_states(self, engine=None) -> None:
+        prefix = f"{self.state_prefix}_" if self.state_prefix else ""
+        states = glob.glob(os.path.join(self.save_dir, f"{prefix}checkpoint_epoch=*.pt"))
+        epochs = {path: int(path.rsplit("=", 1)[1][:-3]) for path in states if path.rsplit("=", 1)[1][:-3].isdigit()}
+        for path in sorted(epochs, key=epochs.get)[:-1]:
+            os.remove(path)
 
 
 class LandmarkEvaluator(SupervisedEvaluator):

@@ -4,7 +4,8 @@
 
 The zip holds what a user of the bundle needs and nothing else: configs/, scripts/ (no caches), docs/,
 LICENSE, metadata.json (a file, not the repository's symlink), large_files.yml, and the weights it lists
-(models/model.pt, models/coarse_model.pt, models/model.ts when exported). Every weight must match its
+(models/model.pt, models/coarse_model.pt, models/model.ts when exported), and models/calibration.json
+(error radii, configuration check) when the model was calibrated. Every weight must match its
 large_files.yml sha256, so the zip can never ship weights other than the ones the manifest promises.
 No tests/, bench/, data, predictions, training states or fold folders.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 from scripts.large_files import sha256_of
 
 INCLUDED_FOLDERS = ("configs", "scripts", "docs")
-INCLUDED_FILES = ("LICENSE", "large_files.yml")
+INCLUDED_FILES = ("LICENSE", "large_files.yml", "models/calibration.json")
 SKIPPED_PARTS = ("__pycache__", ".pytest_cache", ".ipynb_checkpoints")
 
 

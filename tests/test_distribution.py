@@ -46,7 +46,8 @@ def test_zip_holds_the_bundle_under_its_name_and_nothing_else(bundle_zip):
         assert all(n.startswith(f"{NAME}/") for n in names)
         inside = {n[len(NAME) + 1 :] for n in names}
         assert {"configs/inference.json", "configs/train.json", "configs/metadata.json", "metadata.json", "LICENSE",
-                "large_files.yml", "models/model.pt", "models/coarse_model.pt", "scripts/__init__.py", "docs/README.md"} <= inside
+                "large_files.yml", "models/model.pt", "models/coarse_model.pt", "models/calibration.json", "scripts/__init__.py",
+                "docs/README.md"} <= inside
         assert not [n for n in inside if n.startswith(("tests/", "bench/", "data/", ".ci/")) or "__pycache__" in n or "checkpoint_epoch" in n]
         assert json.loads(archive.read(f"{NAME}/metadata.json")) == metadata, "the top-level metadata.json is a real file"
         manifest = archive.read(f"{NAME}/large_files.yml").decode()

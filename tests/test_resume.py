@@ -14,7 +14,7 @@ import pytest
 from scripts.datasets.synthetic import make_synthetic_dataset
 
 PROJECT = Path(__file__).resolve().parent.parent
-SCHEDULE = ["--epochs", "6", "--iterations_per_epoch", "20", "--val_interval", "100", "--learning_rate", "0.003"]
+SCHEDULE = ["--epochs", "6", "--iterations_per_epoch", "20", "--val_interval", "3", "--learning_rate", "0.003"]
 EPOCH_LINE = re.compile(r"epoch (\d+)/6: loss ([0-9.e-]+)")
 
 
