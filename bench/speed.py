@@ -147,14 +147,14 @@ def inference_rows(bundle: Path, data: Path, work: Path) -> list:
     infer = [sys.executable, PEAK_RSS, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--input", str(scan),
              "--save_png", "False"]
     variants = [
-        ("cascade (shipped default, --tta false)", bundle, ["--tta", "false"]),
-        ("cascade + mirror TTA", bundle, ["--tta", "true"]),
-        ("cascade, ensemble of 2 members (copies)", ensemble_bundle, ["--tta", "false"]),
-        ("fine network sliding window over the whole head (no cascade)", bundle, ["--tta", "false", "--coarse_model_files", "$[]"]),
+        ("cascade + mirror TTA (shipped default)", bundle, ["--tta", "true"]),
+        ("cascade without TTA (--tta false)", bundle, ["--tta", "false"]),
+        ("cascade, ensemble of 2 members (copies), no TTA", ensemble_bundle, ["--tta", "false"]),
+        ("fine network sliding window over the whole head (no cascade, no TTA)", bundle, ["--tta", "false", "--coarse_model_files", "$[]"]),
     ]
     rows = []
     for name, root, extra in variants:
-        seconds, peak = timed_command([*infer, "--output_dir", str(work / name[:10].replace(" ", "_")), *extra], root)
+        seconds, peak = timed_command([*infer, "--output_dir", str(work / f"variant_{len(rows)}"), *extra], root)
         rows.append((f"inference: {name}", seconds, peak))
     template = data / "images" / "tpl-MNI152NLin2009cAsym_res-01_T1w.nii.gz"
     landmarks = data / "landmarks" / "tpl-MNI152NLin2009cAsym_res-01_T1w.json"
@@ -218,7 +218,7 @@ def main() -> int:
     scale_rows = scaling_rows(config, sizes, counts, args.repeats)
 
     by_name = {name: (seconds, peak) for name, seconds, peak in infer_rows}
-    shipped = by_name["inference: cascade (shipped default, --tta false)"]
+    shipped = by_name["inference: cascade + mirror TTA (shipped default)"]
     affine = by_name["SimpleITK affine registration"][0]
     bspline = by_name["SimpleITK affine + B-spline registration"][0]
     ours = [row for row in train_rows if row[0].startswith("heatmap targets, ours")][0]
