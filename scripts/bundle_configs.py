@@ -347,7 +347,7 @@ def inference_config(default_input: str, cascade: bool = False) -> dict:
         "network_def": network_def(),
         **ensemble_ids(True, True),
         "overwrite": False,
-        "cases": "$scripts.data.resolve_inputs(@input, @output_dir, @overwrite)",
+        "cases": "$scripts.data.resolve_inputs(@input, @output_dir, scripts.ensemble.parse_switch(@overwrite, 'overwrite'))",
         "preprocessing": {"_target_": "Compose", "transforms": load_preprocessing()},
         "dataset": {"_target_": "scripts.data.ReportingDataset", "data": "@cases", "transform": "@preprocessing"},
         "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False, "num_workers": 0},

@@ -89,7 +89,7 @@ OUTPUT_SUFFIXES = (".fcsv", ".mrk.json", ".json")  # .json is written last: its 
 
 
 @exits_on_data_error
-def resolve_inputs(input_path: str, output_dir: str | None = None, overwrite=True) -> list[dict]:
+def resolve_inputs(input_path: str, output_dir: str | None = None, overwrite: bool = True) -> list[dict]:
     """``--input`` as a file, a folder (searched recursively for images) or a datalist (its testing cases).
 
     With ``overwrite`` false, cases whose outputs are all in ``output_dir`` already are skipped (a rerun
@@ -97,7 +97,7 @@ def resolve_inputs(input_path: str, output_dir: str | None = None, overwrite=Tru
     cases = _resolve_inputs(input_path, output_dir)
     if output_dir:
         _check_writable(output_dir)
-    if overwrite is True or str(overwrite).lower() in ("true", "1", "yes") or not output_dir:
+    if overwrite or not output_dir:
         return cases
     todo = [c for c in cases if not all(os.path.exists(os.path.join(output_dir, c["stem"] + s)) for s in OUTPUT_SUFFIXES)]
     if len(todo) < len(cases):
