@@ -83,7 +83,8 @@ def load_preprocessing() -> list:
     return [
         {"_target_": "LoadImaged", "keys": "image", "reader": "ITKReader", "image_only": True},
         {"_target_": "EnsureChannelFirstd", "keys": "image"},
-        {"_target_": "scripts.transforms.CheckImaged", "keys": "image", "channels": "@in_channels", "check_files": "@check_image_files"},
+        {"_target_": "scripts.transforms.CheckImaged", "keys": "image", "channels": "@in_channels", "check_files": "@check_image_files",
+         "spacing": "@spacing", "working_channels": "$@in_channels + len(@landmark_names) + 1"},
         {"_target_": "scripts.transforms.LoadLandmarksd", "landmark_names": "@landmark_names"},
         {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS", "labels": None},
         {"_target_": "Spacingd", "keys": "image", "pixdim": "@spacing", "mode": "bilinear"},

@@ -126,3 +126,34 @@ def check_image_data(path) -> tuple[float, float]:
             raise LandmarkDataError(path, f"cannot read image data: {_short_sitk_message(error)}") from None
     check_finite(path, array)
     return (float(np.min(array)), float(np.max(array))) if array.size else (0.0, 0.0)
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (what can be allocated without swapping), else free pages, else None."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits_in_memory(path, shape, spacing, target_spacing, channels: int, available: int | None = None) -> None:
+    """LandmarkDataError when the image resampled to ``target_spacing`` cannot be held ``channels`` times over.
+
+    Checked before resampling: an image whose header promises a 1 m field of view at 0.2 mm spacing
+    would otherwise be resampled until the operating system kills the process, with no message at all.
+    """
+    target = [max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target_spacing)]
+    need = 4 * channels * int(np.prod(target, dtype=np.float64))
+    available = available_memory_bytes() if available is None else available
+    if available is not None and need > available:
+        planned = "x".join(f"{t:g}" for t in target_spacing)
+        raise LandmarkDataError(
+            path, f"too big for memory: {'x'.join(map(str, target))} voxels at the planned {planned} mm spacing need about "
+            f"{need / 2**30:.1f} GiB, {available / 2**30:.1f} GiB available; crop it to the region of interest first")

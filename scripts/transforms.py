@@ -22,7 +22,7 @@ from monai.transforms import Flip, MapTransform, Randomizable, RandomizableTrans
 from scripts.errors import LandmarkDataError
 from scripts.heatmaps import extract_landmarks, pair_permutation, correct_left_right, render_heatmaps
 from scripts.uncertainty import configuration_flags, heatmap_covariances, radii
-from scripts.image_io import check_finite, check_image_data
+from scripts.image_io import check_finite, check_fits_in_memory, check_image_data
 from scripts.landmark_io import landmarks_to_array, voxel_to_world, world_to_voxel
 
 
@@ -68,13 +68,18 @@ class CheckImaged(MapTransform):
     """Reject what the reader accepted but the model cannot use: not one 3D channel, non-finite values.
 
     ``check_files`` also vets the files themselves (ITK hides truncation and NaN, see image_io); training
-    turns it off because ``scripts.data.check_cases`` has already read every file once.
+    turns it off because ``scripts.data.check_cases`` has already read every file once. With ``spacing``
+    (the planned one) the image must fit in memory once resampled, ``working_channels`` times over (the
+    image, its resampled copy and one heatmap per landmark at inference).
     """
 
-    def __init__(self, keys: KeysCollection, channels: int = 1, check_files: bool = True):
+    def __init__(self, keys: KeysCollection, channels: int = 1, check_files: bool = True,
+                 spacing: Sequence[float] | None = None, working_channels: int = 2):
         super().__init__(keys)
         self.channels = channels
         self.check_files = check_files
+        self.spacing = spacing
+        self.working_channels = working_channels
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
@@ -89,6 +94,9 @@ class CheckImaged(MapTransform):
             if image.shape[0] != self.channels:
                 raise LandmarkDataError(source, f"expected {self.channels} channel(s), got {image.shape[0]}")
             check_finite(source, image)
+            if self.spacing is not None:
+                spacing = np.linalg.norm(np.asarray(affine_of(image), dtype=np.float64)[:3, :3], axis=0)
+                check_fits_in_memory(source, image.shape[1:], spacing, self.spacing, self.working_channels)
         return d
 
 
@@ -114,6 +122,12 @@ class RandLandmarkCropd(Randomizable, MapTransform):
     the rest teach where none are. The chosen landmark lands anywhere in a centred box of
     ``landmark_region`` voxels (default: the central 80% of the crop), so a crop that is later
     resampled to a smaller patch still holds it. The image must already be at least ``roi_size``.
+
+    Landmarks are chosen with weights 1 / (landmarks within reach of it, itself included), so a dense
+    cluster as a whole is chosen as often as one isolated landmark. Uniform choice lets a cluster
+    (AFIDs: 14 points around the brain stem) ride along in most patches while outlying landmarks
+    (the occipital horns) appear in one patch of fifteen, and a sigmoid/MSE network then learns to
+    answer 0 for them everywhere.
     """
 
     def __init__(
@@ -138,11 +152,18 @@ class RandLandmarkCropd(Randomizable, MapTransform):
         lowest, highest = half, shape - (self.roi_size - half)
         inside = np.all(np.isfinite(voxels), axis=1) & np.all((voxels >= 0) & (voxels <= shape - 1), axis=1)
         if inside.any() and self.R.rand() < self.landmark_ratio:
-            target = voxels[self.R.choice(np.flatnonzero(inside))]
+            candidates = np.flatnonzero(inside)
+            target = voxels[self.R.choice(candidates, p=self.balanced_weights(voxels[candidates]))]
             center = np.round(target + self.R.uniform(-self.reach, self.reach))
         else:
             center = np.array([self.R.randint(lo, hi + 1) for lo, hi in zip(lowest, highest)])
         return np.clip(center, lowest, highest).astype(int)
+
+    def balanced_weights(self, voxels: np.ndarray) -> np.ndarray:
+        """Choice probabilities: 1 / (landmarks within ``reach`` of each, per axis), normalised."""
+        within = np.all(np.abs(voxels[:, None, :] - voxels[None, :, :]) <= self.reach, axis=2)
+        weights = 1.0 / within.sum(axis=1)
+        return weights / weights.sum()
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)

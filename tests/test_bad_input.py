@@ -200,3 +200,29 @@ def test_non_ascii_names_and_paths_with_spaces(tmp_path, good):
         encoding="utf-8")
     cases = check_cases(select_cases(str(datalist), "training"), ["Nasion", "Sella turcica (Türkensattel)"])
     assert len(cases) == 1 and cases[0]["image"].endswith("Patientin Müller/T1 scan.nii.gz")
+
+
+def test_too_big_for_memory_is_caught_before_resampling():
+    from scripts.errors import LandmarkDataError
+    from scripts.image_io import check_fits_in_memory
+
+    # 100 x 100 x 50 voxels of 2 mm at 1 mm: 200 x 200 x 100 = 4e6 voxels; 3 float32 channels = 48e6 bytes
+    check_fits_in_memory("scan.nii.gz", (100, 100, 50), (2.0, 2.0, 2.0), (1.0, 1.0, 1.0), 3, available=48_000_000)
+    with pytest.raises(LandmarkDataError) as excinfo:
+        check_fits_in_memory("scan.nii.gz", (100, 100, 50), (2.0, 2.0, 2.0), (1.0, 1.0, 1.0), 3, available=47_999_999)
+    assert "scan.nii.gz: too big for memory: 200x200x100 voxels at the planned 1x1x1 mm spacing" in str(excinfo.value)
+
+
+def test_inference_refuses_an_image_too_big_for_memory_and_keeps_the_others(tmp_path, good):
+    """A header promising 1280^3 voxels at the shipped model's 1 mm (x 34 channels: ~300 GB) is refused up front."""
+    _, image = good
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    write_image(folder / "giant.nii.gz", np.random.default_rng(1).random((64, 64, 64)), affine=np.diag([20.0, 20.0, 20.0, 1.0]))
+    (folder / "small.nii.gz").write_bytes(Path(PROJECT / "data" / "afids" / "sample" / "sample_T1w.nii.gz").read_bytes())
+    out = tmp_path / "out"
+    result = run_cli("-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--input", folder,
+                     "--output_dir", out, "--tta", "False")
+    assert result.returncode != 0 and "Traceback" not in result.stdout + result.stderr
+    assert "giant.nii.gz: too big for memory: 1280x1280x1280 voxels" in result.stdout
+    assert (out / "small.json").exists() and not list(out.glob("giant*"))

@@ -173,3 +173,17 @@ def test_extraction_corrects_a_crossed_pair(case):
     _, raw_scores = extract_landmarks(data["pred"])
     np.testing.assert_allclose(out["pred_scores"], raw_scores[[1, 0, 2]])  # scores travel with their positions
     assert raw_scores[0] > 0.8 and raw_scores[1] < 0.6
+
+
+def test_landmark_crop_balances_clusters_against_isolated_landmarks():
+    crop = RandLandmarkCropd("image", roi_size=(20, 20, 20), landmark_ratio=1.0)  # reach: 8 voxels per axis
+    cluster = [[16, 16, 16], [17, 15, 16], [15, 17, 17], [16, 16, 18]]
+    voxels = np.array(cluster + [[50, 50, 50]], dtype=float)
+    # each cluster member has 4 landmarks within reach (itself included), the isolated one 1: 1/4 : 1 before normalising
+    np.testing.assert_allclose(crop.balanced_weights(voxels), [0.125, 0.125, 0.125, 0.125, 0.5])
+    crop.set_random_state(0)
+    centres = np.array([crop.choose_center(np.array([64, 64, 64]), voxels) for _ in range(400)])
+    holds_isolated = np.all(np.abs(centres - 50) <= 10, axis=1).mean()
+    holds_cluster = np.all(np.abs(centres - 16) <= 10, axis=1).mean()
+    # uniform choice would give 1/5 vs 4/5; balanced gives 1/2 each
+    assert 0.4 < holds_isolated < 0.6 and 0.4 < holds_cluster < 0.6
