@@ -33,26 +33,49 @@ def coarse_to_fine(points: np.ndarray, fine_shape: Sequence[int], small_shape: S
     return np.asarray(points, dtype=np.float64) * scale
 
 
-def cover_with_patches(points: np.ndarray, patch: Sequence[int], shape: Sequence[int], margin: Sequence[float]) -> list[tuple[np.ndarray, list[int]]]:
+def cover_with_patches(points: np.ndarray, patch: Sequence[int], shape: Sequence[int], margin: Sequence[float],
+                       candidates_per_axis: int = 5) -> list[tuple[np.ndarray, list[int]]]:
     """Greedy cover: patch starts (clipped to the image) and the landmarks each patch is responsible for.
 
     A landmark belongs to a patch when it lies at least ``margin`` voxels inside it, so its heatmap
-    peak and refinement neighbourhood are never cut by the patch border.
+    peak and refinement neighbourhood are never cut by the patch border. Each step places the patch
+    that takes the most uncovered landmarks (set-cover greedy) among a few starts per uncovered
+    landmark that keep it inside; ties go to the patch whose landmarks sit closest to its centre.
+    Centring a patch on one landmark at a time needs ~1.5x the patches on the 32 AFIDs.
     """
-    patch = np.asarray(patch)
-    shape = np.asarray(shape)
+    points = np.asarray(points, dtype=np.float64)
+    extent = np.minimum(np.asarray(patch), np.asarray(shape))
+    highest = np.maximum(np.asarray(shape) - np.asarray(patch), 0)
     margin = np.asarray(margin, dtype=np.float64)
-    highest = np.maximum(shape - patch, 0)
-    remaining = list(range(len(points)))
+    remaining = np.arange(len(points))
     patches = []
-    while remaining:
-        seed = remaining[0]
-        start = np.clip(np.round(points[seed] - patch / 2).astype(int), 0, highest)
-        lo, hi = start + margin, start + np.minimum(patch, shape) - 1 - margin
-        inside = [seed] + [i for i in remaining if i != seed and np.all(points[i] >= lo) and np.all(points[i] <= hi)]
-        patches.append((start, inside))
-        remaining = [i for i in remaining if i not in inside]
+    while len(remaining):
+        best = None
+        for seed in remaining:
+            starts = _starts_keeping_inside(points[seed], extent, highest, margin, candidates_per_axis)
+            lo, hi = starts[:, None, :] + margin, starts[:, None, :] + extent - 1 - margin
+            inside = np.all((points[remaining][None] >= lo) & (points[remaining][None] <= hi), axis=2)
+            inside[:, remaining == seed] = True  # an image smaller than patch + margins still assigns its seed
+            offsets = points[remaining][None] - (starts[:, None, :] + (extent - 1) / 2)
+            spread = np.where(inside, np.sum(offsets**2, axis=2), 0.0).sum(axis=1)
+            counts = inside.sum(axis=1)
+            choice = int(np.lexsort((spread, -counts))[0])
+            if best is None or (counts[choice], -spread[choice]) > (best[0], -best[1]):
+                best = (counts[choice], spread[choice], starts[choice], remaining[inside[choice]])
+        _, _, start, members = best
+        patches.append((start, members.tolist()))
+        remaining = remaining[~np.isin(remaining, members)]
     return patches
+
+
+def _starts_keeping_inside(point, extent, highest, margin, per_axis: int) -> np.ndarray:
+    """Candidate patch starts (n, 3): a grid over the starts that keep ``point`` ``margin`` inside, plus the centred one."""
+    lo = np.clip(np.ceil(point + margin - (extent - 1)), 0, highest)
+    hi = np.maximum(np.clip(np.floor(point - margin), 0, highest), lo)
+    axes = [np.unique(np.round(np.linspace(a, b, per_axis))) for a, b in zip(lo, hi)]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(axes))
+    centred = np.clip(np.round(point - extent / 2), 0, highest)
+    return np.vstack([centred, grid]).astype(int)
 
 
 class CascadeInferer(Inferer):
@@ -78,6 +101,7 @@ class CascadeInferer(Inferer):
         self.spacing = list(spacing)
         self.coarse_spacing = list(coarse_spacing)
         self.patch_size = list(patch_size)
+        self.sw_batch_size = max(1, int(sw_batch_size))
         self.margin = [min(3 * sigma, p / 4) for p in patch_size]
         self.search_radius = min(self.margin) if search_radius is None else (None if search_radius <= 0 else float(search_radius))
         self.coarse_inferer = SlidingWindowInferer(coarse_patch_size, sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian")
@@ -102,15 +126,18 @@ class CascadeInferer(Inferer):
         shape = list(inputs.shape[2:])
         points = self.coarse_landmarks(inputs)
         patch = [min(p, s) for p, s in zip(self.patch_size, shape)]
+        patches = cover_with_patches(points, patch, shape, self.margin)
         output = None
-        for start, members in cover_with_patches(points, patch, shape, self.margin):
-            window = inputs[(0, slice(None), *[slice(int(a), int(a) + p) for a, p in zip(start, patch)])][None]
-            window = _pad_to(window, self.patch_size)
-            predicted = network(window)[0][(slice(None), *[slice(0, p) for p in patch])]
+        # several windows per forward pass: on 2 CPU cores a batch of 4-8 48^3 windows costs ~2x less per window
+        for first in range(0, len(patches), self.sw_batch_size):
+            batch = patches[first : first + self.sw_batch_size]
+            windows = [_pad_to(inputs[(0, slice(None), *_region(start, patch))][None], self.patch_size) for start, _ in batch]
+            predicted = network(torch.cat(windows))[(slice(None), slice(None), *[slice(0, p) for p in patch])]
             if output is None:
-                output = torch.zeros((predicted.shape[0], *shape), dtype=predicted.dtype, device=predicted.device)
-            region = tuple(slice(int(a), int(a) + p) for a, p in zip(start, patch))
-            output[(members, *region)] = predicted[members] * self._search_balls(points[members] - start, patch).to(predicted)
+                output = torch.zeros((predicted.shape[1], *shape), dtype=predicted.dtype, device=predicted.device)
+            for (start, members), window_heatmaps in zip(batch, predicted):
+                balls = self._search_balls(points[members] - start, patch).to(window_heatmaps)
+                output[(members, *_region(start, patch))] = window_heatmaps[members] * balls
         return output[None]
 
     def _search_balls(self, centres: np.ndarray, patch: Sequence[int]) -> torch.Tensor:
@@ -120,10 +147,16 @@ class CascadeInferer(Inferer):
         neighbouring sulcus); it refines the coarse position, so its peak is searched near it."""
         if self.search_radius is None:
             return torch.ones((len(centres), *patch))
-        grid = torch.stack(torch.meshgrid(*[torch.arange(p, dtype=torch.float32) for p in patch], indexing="ij"), dim=-1)
         centres = torch.as_tensor(np.asarray(centres), dtype=torch.float32)
-        distance = torch.linalg.norm(grid[None] - centres[:, None, None, None, :], dim=-1)
-        return (distance <= self.search_radius).to(torch.float32)
+        squared = 0
+        for axis, size in enumerate(patch):  # separable: three broadcast squares instead of a (members, *patch, 3) grid
+            along = (torch.arange(size, dtype=torch.float32)[None] - centres[:, axis : axis + 1]) ** 2
+            squared = squared + along.reshape(len(centres), *[size if a == axis else 1 for a in range(len(patch))])
+        return (squared <= self.search_radius**2).to(torch.float32)
+
+
+def _region(start, patch: Sequence[int]) -> tuple[slice, ...]:
+    return tuple(slice(int(a), int(a) + p) for a, p in zip(start, patch))
 
 
 def _pad_to(window: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -87,3 +87,21 @@ def test_fine_peak_is_searched_near_the_coarse_position():
     anywhere = CascadeInferer(Copy(), [1, 1, 1], [3, 3, 3], [32, 32, 32], [48, 48, 48], sigma=3.0, search_radius=0)
     decoy, _ = extract_landmarks(anywhere(image, AddDecoy())[0])
     assert abs(decoy[0][0] - (point[0][0] + 10)) < 0.5, "without the search ball the brighter look-alike wins"
+
+
+def test_patch_cover_takes_the_most_landmarks_per_patch():
+    """x = 20, 35, 50 with 32-voxel patches and margin 6 (a landmark must sit in [start+6, start+25]): a patch
+    starting at x 10..14 holds both 20 and 35, so two patches suffice; centring on each landmark takes three."""
+    points = np.array([[20.0, 40.0, 40.0], [35.0, 40.0, 40.0], [50.0, 40.0, 40.0]])
+    patches = cover_with_patches(points, [32, 32, 32], (80, 80, 80), [6, 6, 6])
+    assert [members for _, members in patches] == [[0, 1], [2]]
+    first, second = patches[0][0], patches[1][0]
+    assert 10 <= first[0] <= 14 and list(first[1:]) == [24, 24], "y and z centred on the landmarks"
+    assert list(second) == [34, 24, 24], "a lone landmark gets a centred patch"
+
+
+def test_batched_fine_windows_give_the_same_heatmaps():
+    image = torch.from_numpy(render_heatmaps(POINTS, SHAPE, sigma=3.0))[None]
+    one = CascadeInferer(Copy(), [1, 1, 1], [3, 3, 3], [32, 32, 32], [32, 32, 32], sigma=3.0)(image, Copy())
+    batched = CascadeInferer(Copy(), [1, 1, 1], [3, 3, 3], [32, 32, 32], [32, 32, 32], sigma=3.0, sw_batch_size=4)(image, Copy())
+    assert torch.equal(one, batched)
