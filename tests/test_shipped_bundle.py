@@ -58,3 +58,40 @@ def test_shipped_configs_are_regenerated_by_the_documented_command(afids_bundle_
             assert {k: v for k, v in shipped.items() if k not in NOT_PLANNED} == {k: v for k, v in planned.items() if k not in NOT_PLANNED}
         else:
             assert filecmp.cmp(PROJECT / "configs" / name, bundle / "configs" / name, shallow=False), name
+
+
+def _write(path: Path, array, spacing: float) -> Path:
+    import nibabel as nib
+    import numpy as np
+
+    nib.save(nib.Nifti1Image(np.asarray(array, dtype=np.float32), np.diag([spacing, spacing, spacing, 1.0])), str(path))
+    return path
+
+
+def test_shipped_model_finds_the_sample_landmarks_and_nothing_in_non_brains(tmp_path):
+    """README command 1's scan: most AFIDs found close to their truth. A smooth-noise volume and an all-zero
+    volume (the same run, one folder): nothing found, every score low, rather than confident nonsense."""
+    import numpy as np
+    from scipy.ndimage import gaussian_filter
+
+    from scripts.landmark_io import read_landmarks
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    sample = PROJECT / "data" / "afids" / "sample"
+    (folder / "sample_T1w.nii.gz").write_bytes((sample / "sample_T1w.nii.gz").read_bytes())
+    _write(folder / "noise.nii.gz", gaussian_filter(np.random.default_rng(0).random((150, 150, 150)), 4) * 1000, 1.2)
+    _write(folder / "empty.nii.gz", np.zeros((120, 120, 120)), 1.0)
+    result = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--input", folder,
+                             "--output_dir", tmp_path / "out", "--tta", "False", "--save_png", "False"],
+                            cwd=PROJECT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    predicted = json.loads((tmp_path / "out" / "sample_T1w.json").read_text())["landmarks"]
+    truth = read_landmarks(sample / "sample_T1w.json")
+    errors = np.array([np.linalg.norm(np.asarray(predicted[n]["position"]) - p) for n, p in truth.items()])
+    found = np.array([predicted[n]["found"] for n in truth])
+    assert found.sum() >= 16 and np.median(errors[found]) < 2.0, (found.sum(), np.round(errors, 1))
+    for stem in ("noise", "empty"):
+        landmarks = json.loads((tmp_path / "out" / f"{stem}.json").read_text())["landmarks"]
+        assert not any(v["found"] for v in landmarks.values()), stem
+        assert max(v["score"] for v in landmarks.values()) < 0.3, stem
