@@ -358,10 +358,10 @@ def inference_config(default_input: str, cascade: bool = False) -> dict:
             "transforms": [
                 {"_target_": "scripts.transforms.ExtractLandmarksd", "left_right_pairs": "@left_right_pairs", "found_threshold": "@found_threshold",
                  "sigma": "@sigma", "calibration": "@calibration", "landmark_names": "@landmark_names"},
-                {"_target_": "scripts.outputs.WriteLandmarksd", "output_dir": "@output_dir", "landmark_names": "@landmark_names",
-                 "descriptions": "@landmark_descriptions"},
                 {"_target_": "scripts.figures.WriteLandmarkFigured", "output_dir": "@output_dir", "landmark_names": "@landmark_names",
                  "enabled": "@save_png"},
+                {"_target_": "scripts.outputs.WriteLandmarksd", "output_dir": "@output_dir", "landmark_names": "@landmark_names",
+                 "descriptions": "@landmark_descriptions"},
             ],
         },
         "summary": {"_target_": "scripts.outputs.InferenceSummary", "output_dir": "@output_dir", "landmark_names": "@landmark_names"},

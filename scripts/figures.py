@@ -13,6 +13,7 @@ import numpy as np
 from monai.transforms import Transform
 
 from scripts.landmark_io import atomic_write_bytes
+from scripts.outputs import case_outputs_or_nothing
 from scripts.transforms import affine_of
 
 
@@ -116,7 +117,9 @@ def landmark_figure(volume: np.ndarray, voxels: np.ndarray, names: Sequence[str]
 
 
 class WriteLandmarkFigured(Transform):
-    """Postprocessing step after WriteLandmarksd: ``<stem>_landmarks.png`` beside the landmark files."""
+    """Postprocessing step before WriteLandmarksd: ``<stem>_landmarks.png`` beside the landmark files.
+
+    It runs first so that ``<stem>.json``, which marks a finished case, is the case's last file."""
 
     def __init__(self, output_dir: str, landmark_names: Sequence[str], enabled: bool = True):
         self.output_dir = output_dir
@@ -139,5 +142,7 @@ class WriteLandmarkFigured(Transform):
         png = landmark_figure(volume, d["pred_landmarks"], self.landmark_names, d["pred_scores"], d["pred_found"], title=stem,
                               covariances=covariances, radii=radii, flagged=flagged)
         path = os.path.join(self.output_dir, f"{stem}_landmarks.png")
-        atomic_write_bytes(path, png)
+        with case_outputs_or_nothing(path, d.get("output_files", [])):
+            atomic_write_bytes(path, png)
+        d["output_files"] = [*d.get("output_files", []), path]
         return d

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import html
 import io
@@ -73,17 +74,31 @@ class WriteLandmarksd(Transform):
         record = landmark_record(image, self.landmark_names, d, self.descriptions)
         positions = {name: value["position"] for name, value in record["landmarks"].items()}
         # .json last: a rerun without --overwrite treats a case whose .json exists as finished
+        written = list(d.get("output_files", []))  # this case's files from earlier steps (the PNG)
         for suffix in sorted(self.formats, key=lambda s: s == ".json"):
-            try:
+            with case_outputs_or_nothing(base + suffix, written):
                 os.makedirs(os.path.dirname(base), exist_ok=True)
                 if suffix == ".json":
                     atomic_write_text(base + ".json", json.dumps(record, indent=2) + "\n")
                 else:
                     write_landmarks(base + suffix, positions, self.descriptions)
-            except OSError as error:  # disk full, permissions: the atomic write left nothing behind
-                raise SystemExit(f"error: {base + suffix}: cannot write ({error.strerror or error}); cases written so far are complete") from None
-        d["output_files"] = [base + s for s in self.formats]
+            written.append(base + suffix)
+        d["output_files"] = written
         return d
+
+
+@contextlib.contextmanager
+def case_outputs_or_nothing(path: str, written: Sequence[str]):
+    """Write one of a case's files; if that fails (disk full, permissions), remove the case's files written
+    before it and stop the run with one line. Each write is atomic, so nothing partial is left of ``path``;
+    cases finished earlier stay complete."""
+    try:
+        yield
+    except OSError as error:
+        for earlier in written:
+            with contextlib.suppress(OSError):
+                os.remove(earlier)
+        raise SystemExit(f"error: {path}: cannot write ({error.strerror or error}); cases written so far are complete") from None
 
 
 class InferenceSummary:
@@ -123,13 +138,14 @@ class InferenceSummary:
                 self.flagged[(item.get("stem", ""), name)] = bool(flagged[i])
 
     def write(self, engine=None) -> None:
-        os.makedirs(self.output_dir, exist_ok=True)
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["case", "landmark", "x", "y", "z", "score", "found", "radius_mm"])
         writer.writerows(self.rows)
-        atomic_write_text(os.path.join(self.output_dir, "summary.csv"), buffer.getvalue())
-        atomic_write_text(os.path.join(self.output_dir, "qa.html"), self.qa_page())
+        for name, text in (("summary.csv", buffer.getvalue()), ("qa.html", self.qa_page())):
+            with case_outputs_or_nothing(os.path.join(self.output_dir, name), ()):
+                os.makedirs(self.output_dir, exist_ok=True)
+                atomic_write_text(os.path.join(self.output_dir, name), text)
         done = self.cases - len(self.failures)
         if done <= self.print_tables_up_to:
             print(self.tables())

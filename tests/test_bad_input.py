@@ -226,3 +226,21 @@ def test_inference_refuses_an_image_too_big_for_memory_and_keeps_the_others(tmp_
     assert result.returncode != 0 and "Traceback" not in result.stdout + result.stderr
     assert "giant.nii.gz: too big for memory: 1280x1280x1280 voxels" in result.stdout
     assert (out / "small.json").exists() and not list(out.glob("giant*"))
+
+
+def test_disk_full_during_inference_leaves_no_partial_case(tmp_path):
+    """A real 48 kB tmpfs as the output folder: the 1 MB PNG cannot be written, the run stops with one line
+    naming the file and the reason, and no file of the case (and no temp file) is left behind."""
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(tiny)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        result = run_cli("-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--output_dir", tiny, "--tta", "False")
+        assert result.returncode != 0 and "Traceback" not in result.stdout + result.stderr, result.stderr[-2000:]
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and "sample_T1w_landmarks.png: cannot write (No space left on device)" in last, last
+        assert sorted(p.name for p in tiny.iterdir()) == [], "nothing of the case, no temp files"
+    finally:
+        subprocess.run(["umount", str(tiny)], check=False)

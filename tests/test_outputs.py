@@ -75,3 +75,15 @@ def test_a_failing_write_names_the_file_and_leaves_no_partial_output(tmp_path):
     with pytest.raises(SystemExit, match=r"^error: .*blocked/site/scan\.fcsv: cannot write"):
         WriteLandmarksd(str(tmp_path / "blocked"), NAMES)(data)
     assert (tmp_path / "blocked").read_text() == "not a folder"
+
+
+def test_a_case_is_written_whole_or_not_at_all(tmp_path):
+    """The PNG goes first and <stem>.json (the mark of a finished case) last; when the .json cannot be
+    written, the case's PNG, .fcsv and .mrk.json from this run are removed again."""
+    out = tmp_path / "out"
+    (out / "site" / "scan.json").mkdir(parents=True)  # a folder where the .json must go: os.replace fails
+    data = WriteLandmarkFigured(str(out), NAMES)(prediction(tmp_path))
+    assert data["output_files"] == [str(out / "site" / "scan_landmarks.png")] and (out / "site" / "scan_landmarks.png").exists()
+    with pytest.raises(SystemExit, match=r"^error: .*out/site/scan\.json: cannot write \(Is a directory\)"):
+        WriteLandmarksd(str(out), NAMES)(data)
+    assert sorted(p.name for p in (out / "site").iterdir()) == ["scan.json"], "only the blocking folder is left"
