@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -28,13 +27,12 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.machine import machine_description  # noqa: E402
+from bench.machine import evaluator_seconds, machine_description  # noqa: E402
 from bench.registration import carry_landmarks, register_affine, register_bspline  # noqa: E402
 from scripts.data import image_stem  # noqa: E402
 from scripts.landmark_io import atomic_write_text, landmarks_to_array, load_datalist  # noqa: E402
 from scripts.metrics import summarize_errors  # noqa: E402
 
-ENGINE_TIME = re.compile(r"LandmarkEvaluator - INFO - Engine run finished\. Time taken: (\d+):(\d+):([\d.]+)")
 
 
 # ----------------------------------------------------------------------------- the model
@@ -52,8 +50,7 @@ def evaluate_model(bundle: Path, datalist: str, section: str, tta: bool, output:
         for row in csv.DictReader(f):
             if row["error_mm"]:
                 errors[row["case"]][row["landmark"]] = float(row["error_mm"])
-    hours, minutes, seconds = ENGINE_TIME.search(result.stdout + result.stderr).groups()
-    return errors, (int(hours) * 3600 + int(minutes) * 60 + float(seconds)) / max(len(errors), 1)
+    return errors, evaluator_seconds(result.stdout + result.stderr) / max(len(errors), 1)
 
 
 def registration_errors(template_entry: dict, cases: list[tuple[str, dict]], names: list[str], bspline: bool) -> dict:

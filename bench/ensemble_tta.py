@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -21,12 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.machine import machine_description  # noqa: E402
+from bench.machine import evaluator_seconds, machine_description  # noqa: E402
 from scripts.landmark_io import atomic_write_text  # noqa: E402
 from scripts.model_files import fold_dirs  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parent.parent
-ENGINE_TIME = re.compile(r"LandmarkEvaluator - INFO - Engine run finished\. Time taken: (\d+):(\d+):([\d.]+)")
 SYNTHETIC_SCHEDULE = ["--epochs", "20", "--iterations_per_epoch", "25", "--val_interval", "20", "--learning_rate", "0.003"]
 
 
@@ -39,8 +37,7 @@ def evaluate(bundle: Path, output: Path, datalist: str | None, fold: int, ensemb
         args += ["--datalist", datalist]
     result = subprocess.run(args, cwd=bundle, check=True, capture_output=True, text=True)
     report = json.loads((output / "metrics.json").read_text())
-    hours, minutes, seconds = ENGINE_TIME.search(result.stdout + result.stderr).groups()
-    return report["overall"], (int(hours) * 3600 + int(minutes) * 60 + float(seconds)) / max(report["cases"], 1)
+    return report["overall"], evaluator_seconds(result.stdout + result.stderr) / max(report["cases"], 1)
 
 
 def synthetic_bundle(root: Path, folds: int) -> tuple[Path, str]:
