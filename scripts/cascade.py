@@ -33,6 +33,9 @@ def coarse_to_fine(points: np.ndarray, fine_shape: Sequence[int], small_shape: S
     return np.asarray(points, dtype=np.float64) * scale
 
 
+MAX_SEEDS_PER_PATCH = 16  # candidate patches per step are built around at most this many uncovered landmarks
+
+
 def cover_with_patches(points: np.ndarray, patch: Sequence[int], shape: Sequence[int], margin: Sequence[float],
                        candidates_per_axis: int = 5) -> list[tuple[np.ndarray, list[int]]]:
     """Greedy cover: patch starts (clipped to the image) and the landmarks each patch is responsible for.
@@ -51,7 +54,7 @@ def cover_with_patches(points: np.ndarray, patch: Sequence[int], shape: Sequence
     patches = []
     while len(remaining):
         best = None
-        for seed in remaining:
+        for seed in remaining[:MAX_SEEDS_PER_PATCH]:
             starts = _starts_keeping_inside(points[seed], extent, highest, margin, candidates_per_axis)
             lo, hi = starts[:, None, :] + margin, starts[:, None, :] + extent - 1 - margin
             inside = np.all((points[remaining][None] >= lo) & (points[remaining][None] <= hi), axis=2)
