@@ -176,6 +176,11 @@ class LandmarkEvaluator(SupervisedEvaluator):
         return super()._iteration(engine, batchdata)
 
 
+def _scalar(value) -> float:
+    """A loss as a float without touching autograd (float() of a grad-carrying tensor warns in torch 2.13)."""
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+
+
 class EpochProgress:
     """A progress bar over each epoch's iterations and one log line per epoch (loss, lr, time)."""
 
@@ -187,9 +192,9 @@ class EpochProgress:
         if self.show_bar:
             from ignite.handlers import ProgressBar
 
-            ProgressBar(persist=False, ncols=100).attach(engine, output_transform=lambda out: {"loss": float(out["loss"])})
+            ProgressBar(persist=False, ncols=100).attach(engine, output_transform=lambda out: {"loss": _scalar(out["loss"])})
         engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self.losses.clear())
-        engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: self.losses.append(float(e.state.output["loss"])))
+        engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: self.losses.append(_scalar(e.state.output["loss"])))
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.log_epoch)
         engine.add_event_handler(Events.COMPLETED, self.log_summary)
 
