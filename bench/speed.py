@@ -33,7 +33,7 @@ import torch
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from bench.machine import machine_description  # noqa: E402
+from bench.machine import ENGINE_TIME, evaluator_seconds, machine_description  # noqa: E402
 from scripts.heatmaps import render_heatmaps  # noqa: E402
 from scripts.landmark_io import atomic_write_text  # noqa: E402
 
@@ -123,15 +123,17 @@ def resample_to_1mm(source: str, target: str) -> tuple[int, ...]:
     return tuple(size)
 
 
-def timed_command(args: list[str], cwd: Path) -> tuple[float, float]:
-    """(wall seconds including start-up, peak RSS in GB) of one command."""
+def timed_command(args: list[str], cwd: Path) -> tuple[float, float, float]:
+    """(wall seconds including start-up, peak RSS in GB, the evaluator's own seconds or NaN) of one command."""
     start = time.perf_counter()
     result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         raise RuntimeError(f"{args} failed:\n{result.stderr[-2000:]}")
     peak = [line for line in result.stderr.splitlines() if line.startswith("PEAK_RSS_KIB")]
-    return seconds, (int(peak[-1].split()[1]) / 1024**2 if peak else float("nan"))
+    log = result.stdout + result.stderr
+    engine = evaluator_seconds(log) if ENGINE_TIME.search(log) else float("nan")
+    return seconds, (int(peak[-1].split()[1]) / 1024**2 if peak else float("nan")), engine
 
 
 def inference_rows(bundle: Path, data: Path, work: Path) -> list:
@@ -152,16 +154,17 @@ def inference_rows(bundle: Path, data: Path, work: Path) -> list:
         ("cascade, ensemble of 2 members (copies), no TTA", ensemble_bundle, ["--tta", "false"]),
         ("fine network sliding window over the whole head (no cascade, no TTA)", bundle, ["--tta", "false", "--coarse_model_files", "$[]"]),
     ]
-    rows = []
+    # the floor every bundle command pays before any work: the interpreter and `import monai.bundle` with its dependencies
+    rows = [("start-up alone: python -c 'import monai.bundle, scripts.transforms'",
+             *timed_command([sys.executable, PEAK_RSS, "-c", "import monai.bundle, scripts.transforms"], bundle))]
     for name, root, extra in variants:
-        seconds, peak = timed_command([*infer, "--output_dir", str(work / f"variant_{len(rows)}"), *extra], root)
-        rows.append((f"inference: {name}", seconds, peak))
+        measured = timed_command([*infer, "--output_dir", str(work / f"variant_{len(rows)}"), *extra], root)
+        rows.append((f"inference: {name}", *measured))
     template = data / "images" / "tpl-MNI152NLin2009cAsym_res-01_T1w.nii.gz"
     landmarks = data / "landmarks" / "tpl-MNI152NLin2009cAsym_res-01_T1w.json"
     register = [sys.executable, PEAK_RSS, str(PROJECT / "bench" / "registration.py"), str(template), str(landmarks), str(scan)]
     for name, extra in (("SimpleITK affine registration", []), ("SimpleITK affine + B-spline registration", ["--bspline"])):
-        seconds, peak = timed_command([*register, *extra], PROJECT)
-        rows.append((name, seconds, peak))
+        rows.append((name, *timed_command([*register, *extra], PROJECT)))
     return rows, size
 
 
@@ -217,7 +220,7 @@ def main() -> int:
     sizes, counts = ([64, 96, 128], [4, 16, 32]) if args.quick else ([64, 128, 192, 256], [4, 16, 32, 64, 128])
     scale_rows = scaling_rows(config, sizes, counts, args.repeats)
 
-    by_name = {name: (seconds, peak) for name, seconds, peak in infer_rows}
+    by_name = {name: (seconds, peak, engine) for name, seconds, peak, engine in infer_rows}
     shipped = by_name["inference: cascade + mirror TTA (shipped default)"]
     affine = by_name["SimpleITK affine registration"][0]
     bspline = by_name["SimpleITK affine + B-spline registration"][0]
@@ -230,6 +233,13 @@ def main() -> int:
         ("heatmap rendering share of a training step", share, "<= 5%"),
     ]
     met = [shipped[0] / bspline <= 0.25, shipped[0] / affine <= 1.0, shipped[1] <= 4.0, share <= 0.05]
+    # not the issue's targets (they include start-up): what a running server (MONAI Label) pays per scan
+    in_server = [
+        ("shipped inference without start-up (server) / affine registration", shipped[2] / affine, "(<= 1.0)"),
+        ("shipped inference without start-up (server) / (affine + B-spline registration)", shipped[2] / bspline, "(<= 0.25)"),
+    ]
+    targets += in_server
+    met += [shipped[2] / affine <= 1.0, shipped[2] / bspline <= 0.25]
     lines = [
         "# Benchmarks: training and inference speed, memory, and the registration reference",
         "",
@@ -251,11 +261,14 @@ def main() -> int:
         "",
         f"## Inference on a 1 mm whole-head T1 ({'x'.join(map(str, head_size))} voxels), as a user runs it",
         "",
-        "Wall time includes process start-up, model loading and writing the outputs (no PNG); peak RSS of the process.",
+        "Wall time includes process start-up, model loading and writing the outputs (no PNG); peak RSS of the process;",
+        "without start-up: the evaluator's own time (reading, preprocessing, networks, extraction, writing), what a",
+        "running server pays per scan.",
         "",
-        "| command | seconds | peak RSS (GB) |",
-        "|---|---|---|",
-        *[f"| {name} | {seconds:.1f} | {peak:.2f} |" for name, seconds, peak in infer_rows],
+        "| command | seconds | without start-up (s) | peak RSS (GB) |",
+        "|---|---|---|---|",
+        *[f"| {name} | {seconds:.1f} | {'' if engine != engine else f'{engine:.1f}'} | {peak:.2f} |"
+          for name, seconds, peak, engine in infer_rows],
         "",
         "## Scaling (sliding window of the fine network, no cascade, no start-up)",
         "",

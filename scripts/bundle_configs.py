@@ -81,7 +81,7 @@ def checkpoint_info() -> dict:
 def load_preprocessing() -> list:
     """Deterministic steps from file to network input; landmarks ride along as world coordinates."""
     return [
-        {"_target_": "LoadImaged", "keys": "image", "reader": "ITKReader", "image_only": True},
+        {"_target_": "LoadImaged", "keys": "image", "reader": "$scripts.image_io.SimpleITKReader()", "image_only": True},
         {"_target_": "EnsureChannelFirstd", "keys": "image"},
         {"_target_": "scripts.transforms.CheckImaged", "keys": "image", "channels": "@in_channels", "check_files": "@check_image_files",
          "spacing": "@spacing", "working_channels": "$@in_channels + len(@landmark_names) + 1"},

@@ -11,7 +11,7 @@ import torch
 from monai.transforms import LoadImage
 
 from scripts.errors import LandmarkDataError
-from scripts.image_io import IMAGE_READER, check_finite, ras_affine, read_image_header
+from scripts.image_io import SimpleITKReader, check_finite, ras_affine, read_image_header
 
 SHAPE = (8, 9, 10)
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -59,7 +59,7 @@ def test_itk_reader_header_and_simpleitk_agree_when_qform_and_sform_disagree(dis
     assert not np.allclose(qform, sform, atol=1e-3)
     np.testing.assert_allclose(expected, qform, atol=1e-4)  # what ITK chose, stated so a change in ITK shows up
 
-    image = LoadImage(reader=IMAGE_READER, image_only=True)(str(path))
+    image = LoadImage(reader=SimpleITKReader(), image_only=True)(str(path))
     np.testing.assert_allclose(image.affine.numpy(), expected, atol=1e-4)
     assert tuple(image.shape) == SHAPE and image[2, 3, 4] == 1.0  # same (i, j, k) index order
 
@@ -136,7 +136,7 @@ def test_dicom_series_folder(tmp_path):
     np.testing.assert_allclose(header.spacing, [1.5, 2.0, 2.5], atol=1e-6)
     np.testing.assert_allclose(header.affine, np.diag([-1.5, -2.0, 2.5, 1.0]) + np.array(
         [[0, 0, 0, -10.0], [0, 0, 0, 20.0], [0, 0, 0, 30.0], [0, 0, 0, 0]]), atol=1e-6)
-    np.testing.assert_allclose(LoadImage(reader=IMAGE_READER, image_only=True)(str(tmp_path)).affine.numpy(),
+    np.testing.assert_allclose(LoadImage(reader=SimpleITKReader(), image_only=True)(str(tmp_path)).affine.numpy(),
                                header.affine, atol=1e-4)
 
 
@@ -194,3 +194,30 @@ def test_check_finite():
             check_finite("a.nii.gz", array)
         with pytest.raises(LandmarkDataError):
             check_finite("a.nii.gz", torch.from_numpy(array))
+
+
+def _equal_loads(path):
+    ours = LoadImage(reader=SimpleITKReader(), image_only=True)(str(path))
+    theirs = LoadImage(reader="ITKReader", image_only=True)(str(path))
+    assert tuple(ours.shape) == tuple(theirs.shape) and ours.dtype == theirs.dtype
+    np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    for key in ("affine", "original_affine", "spatial_shape"):
+        np.testing.assert_allclose(np.asarray(ours.meta[key]), np.asarray(theirs.meta[key]), atol=1e-6, err_msg=key)
+    assert np.isnan(ours.meta["original_channel_dim"]) == np.isnan(float(theirs.meta["original_channel_dim"]))
+    return ours
+
+
+def test_simpleitk_reader_loads_exactly_what_monai_itkreader_loads(tmp_path, disagreeing_nifti):
+    """Same array, index order, dtype, RAS affine and channel convention as MONAI's ITKReader."""
+    _equal_loads(disagreeing_nifti[0])
+    oblique = np.array([[0.0, -1.2, 0.1, 10.0], [0.9, 0.0, 0.0, -20.0], [0.05, 0.0, 2.0, 5.0], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6), oblique), str(tmp_path / "ct.nii.gz"))
+    _equal_loads(tmp_path / "ct.nii.gz")  # int16 on disk, float32 after LoadImage in both
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((6, 7, 3, 2)).astype(np.float32), np.eye(4)), str(tmp_path / "4d.nii.gz"))
+    assert _equal_loads(tmp_path / "4d.nii.gz").shape == (6, 7, 3, 2)
+    nib.save(nib.Nifti1Image(np.ones((6, 7), dtype=np.float32), np.eye(4)), str(tmp_path / "2d.nii.gz"))
+    _equal_loads(tmp_path / "2d.nii.gz")
+    series = tmp_path / "series"
+    series.mkdir()
+    write_dicom_series(series)
+    _equal_loads(series)

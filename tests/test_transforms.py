@@ -8,6 +8,7 @@ import torch
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd, RandAffined, Spacingd, SpatialPadd
 
 from scripts.heatmaps import extract_landmarks, render_heatmaps
+from scripts.image_io import SimpleITKReader
 from scripts.transforms import (
     ExtractLandmarksd,
     LandmarkHeatmapd,
@@ -50,7 +51,7 @@ def case(tmp_path):
 
 def load_steps():
     return [
-        LoadImaged("image", reader="ITKReader", image_only=True),
+        LoadImaged("image", reader=SimpleITKReader(), image_only=True),
         EnsureChannelFirstd("image"),
         LoadLandmarksd(NAMES),
     ]
