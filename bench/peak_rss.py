@@ -1,6 +1,6 @@
 """Run a module or script in this process and print its peak resident memory when it ends.
 
-    python bench/peak_rss.py -m monai.bundle run ...      |      python bench/peak_rss.py script.py args...
+    python bench/peak_rss.py -m monai.bundle run ...   |   python bench/peak_rss.py script.py args...   |   ... -c 'code'
 
 Prints ``PEAK_RSS_KIB <n>`` on stderr and exits with the command's exit code. The peak is VmHWM from
 /proc/self/status (falling back to ru_maxrss): on Linux ru_maxrss survives fork + exec, so a child of a big
@@ -32,6 +32,10 @@ def main() -> int:
             sys.path[0] = os.getcwd()  # as ``python -m`` does (a script run puts its own folder there instead)
             sys.argv = args[1:]
             runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+        elif args[0] == "-c":
+            sys.path[0] = os.getcwd()
+            sys.argv = ["-c", *args[2:]]
+            exec(compile(args[1], "<string>", "exec"), {"__name__": "__main__"})
         else:
             sys.argv = args
             runpy.run_path(args[0], run_name="__main__")
