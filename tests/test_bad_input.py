@@ -213,13 +213,12 @@ def test_too_big_for_memory_is_caught_before_resampling():
     assert "scan.nii.gz: too big for memory: 200x200x100 voxels at the planned 1x1x1 mm spacing" in str(excinfo.value)
 
 
-def test_inference_refuses_an_image_too_big_for_memory_and_keeps_the_others(tmp_path, good):
+def test_inference_refuses_an_image_too_big_for_memory_and_keeps_the_others(tmp_path, afids_bundle_dir):
     """A header promising 1280^3 voxels at the shipped model's 1 mm (x 34 channels: ~300 GB) is refused up front."""
-    _, image = good
     folder = tmp_path / "scans"
     folder.mkdir()
     write_image(folder / "giant.nii.gz", np.random.default_rng(1).random((64, 64, 64)), affine=np.diag([20.0, 20.0, 20.0, 1.0]))
-    (folder / "small.nii.gz").write_bytes(Path(PROJECT / "data" / "afids" / "sample" / "sample_T1w.nii.gz").read_bytes())
+    (folder / "small.nii.gz").write_bytes((afids_bundle_dir / "data" / "afids" / "sample" / "sample_T1w.nii.gz").read_bytes())
     out = tmp_path / "out"
     result = run_cli("-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--input", folder,
                      "--output_dir", out, "--tta", "False")
@@ -228,7 +227,7 @@ def test_inference_refuses_an_image_too_big_for_memory_and_keeps_the_others(tmp_
     assert (out / "small.json").exists() and not list(out.glob("giant*"))
 
 
-def test_disk_full_during_inference_leaves_no_partial_case(tmp_path):
+def test_disk_full_during_inference_leaves_no_partial_case(tmp_path, afids_bundle_dir):
     """A real 48 kB tmpfs as the output folder: the 1 MB PNG cannot be written, the run stops with one line
     naming the file and the reason, and no file of the case (and no temp file) is left behind."""
     tiny = tmp_path / "tiny"
@@ -237,7 +236,9 @@ def test_disk_full_during_inference_leaves_no_partial_case(tmp_path):
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
-        result = run_cli("-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--output_dir", tiny, "--tta", "False")
+        sample = afids_bundle_dir / "data" / "afids" / "sample" / "sample_T1w.nii.gz"
+        result = run_cli("-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--input", sample,
+                         "--output_dir", tiny, "--tta", "False")
         assert result.returncode != 0 and "Traceback" not in result.stdout + result.stderr, result.stderr[-2000:]
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith("error: ") and "sample_T1w_landmarks.png: cannot write (No space left on device)" in last, last

@@ -68,7 +68,7 @@ def _write(path: Path, array, spacing: float) -> Path:
     return path
 
 
-def test_shipped_model_finds_the_sample_landmarks_and_nothing_in_non_brains(tmp_path):
+def test_shipped_model_finds_the_sample_landmarks_and_nothing_in_non_brains(tmp_path, afids_bundle_dir):
     """README command 1's scan: most AFIDs found close to their truth. A smooth-noise volume and an all-zero
     volume (the same run, one folder): nothing found, every score low, rather than confident nonsense."""
     import numpy as np
@@ -78,7 +78,7 @@ def test_shipped_model_finds_the_sample_landmarks_and_nothing_in_non_brains(tmp_
 
     folder = tmp_path / "scans"
     folder.mkdir()
-    sample = PROJECT / "data" / "afids" / "sample"
+    sample = afids_bundle_dir / "data" / "afids" / "sample"
     (folder / "sample_T1w.nii.gz").write_bytes((sample / "sample_T1w.nii.gz").read_bytes())
     _write(folder / "noise.nii.gz", gaussian_filter(np.random.default_rng(0).random((150, 150, 150)), 4) * 1000, 1.2)
     _write(folder / "empty.nii.gz", np.zeros((120, 120, 120)), 1.0)
