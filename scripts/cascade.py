@@ -131,7 +131,7 @@ class CascadeInferer(Inferer):
         patch = [min(p, s) for p, s in zip(self.patch_size, shape)]
         patches = cover_with_patches(points, patch, shape, self.margin)
         output = None
-        # several windows per forward pass: on 2 CPU cores a batch of 4-8 48^3 windows costs ~2x less per window
+        # planned windows per forward pass (sw_batch_size): on 2 CPU cores pairs of 48^3 windows cost ~1/3 less each
         for first in range(0, len(patches), self.sw_batch_size):
             batch = patches[first : first + self.sw_batch_size]
             windows = [_pad_to(inputs[(0, slice(None), *_region(start, patch))][None], self.patch_size) for start, _ in batch]

@@ -36,8 +36,8 @@ class BudgetProfile:
 
 
 PROFILES = {
-    # sliding-window batches of up to 8 on cpu: per-layer overhead dominates single 48^3 windows on 2 cores (docs/planner.md)
-    "cpu": BudgetProfile("cpu", 8.0, 0.5, 16, 128, 48**3, 2, 2, 0.25, (8, 4, 2, 1)),
+    # sliding-window batches of 2 on cpu: the fastest per 48^3 window on 2 cores (docs/planner.md)
+    "cpu": BudgetProfile("cpu", 8.0, 0.5, 16, 128, 48**3, 2, 2, 0.25, (2, 1)),
     "gpu": BudgetProfile("gpu", 10.0, 0.8, 32, 320, 256**3, 2, 64, 0.5, (4, 2, 1)),
 }
 
