@@ -72,7 +72,7 @@ def landmark_figure(volume: np.ndarray, voxels: np.ndarray, names: Sequence[str]
     for n in range(len(names)):
         row, column = divmod(n, columns)
         views = []
-        for v, (plane, point) in enumerate(_slices(volume, voxels[n])):
+        for v, (plane, _) in enumerate(_slices(volume, voxels[n])):
             shown = plane[::stride, ::stride][::-1]  # row 0 at the top: anterior/superior up, as with origin="lower"
             x0 = GAP + (3 * column + v) * cell_w + (tile - shown.shape[1]) // 2
             y0 = TITLE_BAND + row * cell_h + LABEL_BAND + (tile - shown.shape[0]) // 2
@@ -101,7 +101,6 @@ def landmark_figure(volume: np.ndarray, voxels: np.ndarray, names: Sequence[str]
         label = f"{'! ' if warn else ''}{name} {scores[n]:.2f}"
         if radii is not None and np.isfinite(radii[n]):
             label += f" r{radii[n]:.1f}"
-        x0, y0, _ = placed[n][0]
         row_top = TITLE_BAND + (n // columns) * cell_h
         ax.text(GAP + 3 * (n % columns) * cell_w, row_top + LABEL_BAND - 3, label, fontsize=8, va="bottom", ha="left",
                 color="darkorange" if warn else ("black" if found[n] else "red"))
