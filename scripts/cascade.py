@@ -54,12 +54,13 @@ def cover_with_patches(points: np.ndarray, patch: Sequence[int], shape: Sequence
     patches = []
     while len(remaining):
         best = None
+        uncovered = points[remaining][None]
         for seed in remaining[:MAX_SEEDS_PER_PATCH]:
             starts = _starts_keeping_inside(points[seed], extent, highest, margin, candidates_per_axis)
             lo, hi = starts[:, None, :] + margin, starts[:, None, :] + extent - 1 - margin
-            inside = np.all((points[remaining][None] >= lo) & (points[remaining][None] <= hi), axis=2)
+            inside = np.all((uncovered >= lo) & (uncovered <= hi), axis=2)
             inside[:, remaining == seed] = True  # an image smaller than patch + margins still assigns its seed
-            offsets = points[remaining][None] - (starts[:, None, :] + (extent - 1) / 2)
+            offsets = uncovered - (starts[:, None, :] + (extent - 1) / 2)
             spread = np.where(inside, np.sum(offsets**2, axis=2), 0.0).sum(axis=1)
             counts = inside.sum(axis=1)
             choice = int(np.lexsort((spread, -counts))[0])

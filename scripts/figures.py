@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from monai.transforms import Transform
 
+from scripts.elastic import voxel_spacing
 from scripts.landmark_io import atomic_write_bytes
 from scripts.outputs import case_outputs_or_nothing
 from scripts.transforms import affine_of
@@ -135,7 +136,7 @@ class WriteLandmarkFigured(Transform):
         if "pred_covariance_mm2" in d:  # world mm^2 -> this grid's voxel^2; radius mm -> voxels (mean spacing)
             linear = np.linalg.inv(affine_of(d["image"])[:3, :3])
             covariances = np.einsum("ij,njk,lk->nil", linear, np.nan_to_num(np.asarray(d["pred_covariance_mm2"], dtype=np.float64)), linear)
-            spacing = float(np.mean(np.linalg.norm(affine_of(d["image"])[:3, :3], axis=0)))
+            spacing = float(np.mean(voxel_spacing(affine_of(d["image"]))))
             radii = np.asarray(d["pred_radius_mm"], dtype=np.float64) / spacing
             flagged = d.get("pred_flagged")
         png = landmark_figure(volume, d["pred_landmarks"], self.landmark_names, d["pred_scores"], d["pred_found"], title=stem,

@@ -36,11 +36,12 @@ class ImageHeader:
 
 
 def ras_affine(direction, spacing, origin) -> np.ndarray:
-    """4x4 voxel -> RAS affine from ITK's LPS direction (row-major 3x3), spacing and origin."""
-    affine = np.eye(4)
-    affine[:3, :3] = np.asarray(direction, dtype=np.float64).reshape(3, 3) * np.asarray(spacing, dtype=np.float64)
-    affine[:3, 3] = origin
-    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+    """(n+1)x(n+1) voxel -> RAS affine from ITK's LPS direction (row-major n x n), spacing and origin (n = len(spacing))."""
+    rank = len(spacing)
+    affine = np.eye(rank + 1)
+    affine[:rank, :rank] = np.asarray(direction, dtype=np.float64).reshape(rank, rank) * np.asarray(spacing, dtype=np.float64)
+    affine[:rank, rank] = origin
+    return orientation_ras_lps(affine)
 
 
 def _short_sitk_message(error: Exception) -> str:
@@ -187,14 +188,11 @@ class SimpleITKReader(ImageReader):
             array = sitk.GetArrayFromImage(image)  # (z, y, x[, components])
             array = array.T if image.GetNumberOfComponentsPerPixel() == 1 else np.moveaxis(array.T, 0, -1)
             arrays.append(array)
-            rank = max(min(image.GetDimension(), 3), 1)
+            rank = max(min(image.GetDimension(), 3), 1)  # ITKReader's spatial rank: a 4D image has 3 spatial axes
             direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(image.GetDimension(), image.GetDimension())
-            affine = np.eye(rank + 1)
-            affine[:rank, :rank] = direction[:rank, :rank] @ np.diag(np.asarray(image.GetSpacing(), dtype=np.float64)[:rank])
-            affine[:rank, -1] = np.asarray(image.GetOrigin(), dtype=np.float64)[:rank]
             header = {
                 "spacing": np.asarray(image.GetSpacing()),
-                MetaKeys.ORIGINAL_AFFINE: orientation_ras_lps(affine),
+                MetaKeys.ORIGINAL_AFFINE: ras_affine(direction[:rank, :rank], image.GetSpacing()[:rank], image.GetOrigin()[:rank]),
                 MetaKeys.SPACE: SpaceKeys.RAS,
                 MetaKeys.SPATIAL_SHAPE: np.asarray(image.GetSize()[:rank]),
             }

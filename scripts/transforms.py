@@ -19,6 +19,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import Flip, MapTransform, Randomizable, RandomizableTransform, SpatialCrop, Transform
 
+from scripts.elastic import voxel_spacing
 from scripts.errors import LandmarkDataError
 from scripts.heatmaps import extract_landmarks, pair_permutation, correct_left_right, render_heatmaps
 from scripts.uncertainty import configuration_flags, heatmap_covariances, radii
@@ -95,8 +96,7 @@ class CheckImaged(MapTransform):
                 raise LandmarkDataError(source, f"expected {self.channels} channel(s), got {image.shape[0]}")
             check_finite(source, image)
             if self.spacing is not None:
-                spacing = np.linalg.norm(np.asarray(affine_of(image), dtype=np.float64)[:3, :3], axis=0)
-                check_fits_in_memory(source, image.shape[1:], spacing, self.spacing, self.working_channels)
+                check_fits_in_memory(source, image.shape[1:], voxel_spacing(affine_of(image)), self.spacing, self.working_channels)
         return d
 
 
