@@ -33,7 +33,7 @@ import torch
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from bench.machine import ENGINE_TIME, evaluator_seconds, machine_description  # noqa: E402
+from bench.machine import environment_description, evaluator_seconds, machine_description  # noqa: E402
 from scripts.heatmaps import render_heatmaps  # noqa: E402
 from scripts.landmark_io import atomic_write_text  # noqa: E402
 
@@ -131,12 +131,10 @@ def timed_command(args: list[str], cwd: Path) -> tuple[float, float, float]:
     if result.returncode != 0:
         raise RuntimeError(f"{args} failed:\n{result.stderr[-2000:]}")
     peak = [line for line in result.stderr.splitlines() if line.startswith("PEAK_RSS_KIB")]
-    log = result.stdout + result.stderr
-    engine = evaluator_seconds(log) if ENGINE_TIME.search(log) else float("nan")
-    return seconds, (int(peak[-1].split()[1]) / 1024**2 if peak else float("nan")), engine
+    return seconds, (int(peak[-1].split()[1]) / 1024**2 if peak else float("nan")), evaluator_seconds(result.stdout + result.stderr)
 
 
-def inference_rows(bundle: Path, data: Path, work: Path) -> list:
+def inference_rows(bundle: Path, data: Path, work: Path, python: str) -> list:
     scan = work / "head_1mm.nii.gz"
     size = resample_to_1mm(str(data / "sample" / "sample_T1w.nii.gz"), str(scan))
     ensemble_bundle = work / "ensemble_bundle"
@@ -146,23 +144,27 @@ def inference_rows(bundle: Path, data: Path, work: Path) -> list:
         (ensemble_bundle / "models" / f"fold_{fold}").mkdir(parents=True, exist_ok=True)
         for name in ("model.pt", "coarse_model.pt"):
             shutil.copy(bundle / "models" / name, ensemble_bundle / "models" / f"fold_{fold}" / name)
-    infer = [sys.executable, PEAK_RSS, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--input", str(scan),
+    infer = [python, PEAK_RSS, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--input", str(scan),
              "--save_png", "False"]
     variants = [
         ("cascade + mirror TTA (shipped default)", bundle, ["--tta", "true"]),
+        ("cascade + mirror TTA in float32 (--precision float32)", bundle, ["--tta", "true", "--precision", "float32"]),
         ("cascade without TTA (--tta false)", bundle, ["--tta", "false"]),
         ("cascade, ensemble of 2 members (copies), no TTA", ensemble_bundle, ["--tta", "false"]),
         ("fine network sliding window over the whole head (no cascade, no TTA)", bundle, ["--tta", "false", "--coarse_model_files", "$[]"]),
     ]
     # the floor every bundle command pays before any work: the interpreter and `import monai.bundle` with its dependencies
-    rows = [("start-up alone: python -c 'import monai.bundle, scripts.transforms'",
-             *timed_command([sys.executable, PEAK_RSS, "-c", "import monai.bundle, scripts.transforms"], bundle))]
+    start_up = "import monai.bundle, scripts.transforms"
+    rows = [(f"start-up alone: python -c '{start_up}'", *timed_command([python, PEAK_RSS, "-c", start_up], bundle))]
+    if os.path.realpath(python) != os.path.realpath(sys.executable):
+        rows.append((f"start-up alone with the tests' packages too (scipy, itk, MONAI Label's): python -c '{start_up}'",
+                     *timed_command([sys.executable, PEAK_RSS, "-c", start_up], bundle)))
     for name, root, extra in variants:
         measured = timed_command([*infer, "--output_dir", str(work / f"variant_{len(rows)}"), *extra], root)
         rows.append((f"inference: {name}", *measured))
     template = data / "images" / "tpl-MNI152NLin2009cAsym_res-01_T1w.nii.gz"
     landmarks = data / "landmarks" / "tpl-MNI152NLin2009cAsym_res-01_T1w.json"
-    register = [sys.executable, PEAK_RSS, str(PROJECT / "bench" / "registration.py"), str(template), str(landmarks), str(scan)]
+    register = [python, PEAK_RSS, str(PROJECT / "bench" / "registration.py"), str(template), str(landmarks), str(scan)]
     for name, extra in (("SimpleITK affine registration", []), ("SimpleITK affine + B-spline registration", ["--bspline"])):
         rows.append((name, *timed_command([*register, *extra], PROJECT)))
     return rows, size
@@ -205,6 +207,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smaller scaling sweep (64^3-128^3, 4-32 landmarks)")
     parser.add_argument("--output", default=str(PROJECT / "docs" / "benchmarks.md"))
+    parser.add_argument("--python", default=sys.executable,
+                        help="interpreter of the commands a user runs (inference, registration): one installed as the README's "
+                             "first command does (requirements.txt only); default this one")
     args = parser.parse_args()
     bundle = Path(args.bundle_root).resolve()
     from monai.bundle import ConfigParser
@@ -215,7 +220,7 @@ def main() -> int:
     train_rows, step_time = training_rows(config, args.repeats)
     print("training measured", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        infer_rows, head_size = inference_rows(bundle, Path(args.data).resolve(), Path(tmp))
+        infer_rows, head_size = inference_rows(bundle, Path(args.data).resolve(), Path(tmp), args.python)
     print("inference measured", flush=True)
     sizes, counts = ([64, 96, 128], [4, 16, 32]) if args.quick else ([64, 128, 192, 256], [4, 16, 32, 64, 128])
     scale_rows = scaling_rows(config, sizes, counts, args.repeats)
@@ -243,8 +248,12 @@ def main() -> int:
     lines = [
         "# Benchmarks: training and inference speed, memory, and the registration reference",
         "",
-        f"Written by `python bench/speed.py{' --quick' if args.quick else ''}`; every number below was measured in one run on:",
+        f"Written by `python bench/speed.py{' --quick' if args.quick else ''}{' --python ENV/bin/python' if args.python != sys.executable else ''}`; "
+        "every number below was measured in one run on:",
         f"{machine_description()}.",
+        "",
+        f"The commands a user runs (inference, registration) ran in {'an environment installed as the README first command does' if args.python != sys.executable else 'this environment'}: "
+        f"{environment_description(args.python)}.",
         "",
         "## Targets",
         "",

@@ -55,16 +55,18 @@ def landmark_inferer(cascade: bool, mirror_axes: str = "[]") -> dict | str:
 
 
 def ensemble_ids(ensemble: bool, tta: bool) -> dict:
-    """Ids that pick the model files (every fold's when ``ensemble``) and the mirror TTA (``tta``) of
+    """Ids that pick the model files (every fold's when ``ensemble``), the mirror TTA (``tta``) and the
+    convolution dtype (``precision``: auto = bfloat16 where the CPU has it natively, scripts.precision) of
     evaluation and inference; the network they build averages the members' heatmaps."""
     return {
         "ensemble": ensemble,
         "tta": tta,
+        "precision": "auto",
         "tta_mirror_axes": "$@plans.get('tta_mirror_axes', []) if scripts.ensemble.parse_switch(@tta, 'tta') else []",
         "model_files": "$scripts.model_files.member_files(@ckpt_dir, @model_file, scripts.ensemble.parse_switch(@ensemble, 'ensemble'))",
         "coarse_model_files": "$scripts.model_files.member_files(@ckpt_dir, 'coarse_model.pt', scripts.ensemble.parse_switch(@ensemble, 'ensemble'))",
         "network": "$scripts.ensemble.build_network(@network_def, @model_files, @landmark_names, @left_right_pairs, @tta_mirror_axes, "
-                   "@device, scripts.engines.plans_hash(@plans_file))",
+                   "@device, scripts.engines.plans_hash(@plans_file), @precision)",
     }
 
 
@@ -378,7 +380,7 @@ def inference_config(default_input: str, cascade: bool = False) -> dict:
         },
         "initialize": ["$torch.set_grad_enabled(False)"],
         "run": ["$@evaluator.run() if @cases else print('nothing left to do')", "$@summary.exit_on_failures()"],
-        "finalize": [],
+        "finalize": ["$scripts.engines.skip_exit_garbage_collection()"],
     }
 
 

@@ -177,7 +177,8 @@ def make_inferer(plans: dict, coarse_network_def, coarse_model_files: Sequence[s
                  left_right_pairs: Sequence[Sequence[int]] = (), mirror_axes: Sequence[int] = ()) -> Inferer:
     """The inferer the plans call for: a cascade when planned and its coarse model(s) exist, else a sliding window.
 
-    Several coarse files (folds) or ``mirror_axes`` make the coarse pass an ensemble too.
+    Several coarse files (folds) or ``mirror_axes`` make the coarse pass an ensemble too. The coarse network
+    always runs in float32 (scripts.precision says why).
     """
     cascade = plans.get("cascade")
     common = {"sw_batch_size": plans["sw_batch_size"], "overlap": plans["sw_overlap"]}

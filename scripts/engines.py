@@ -8,6 +8,7 @@ trainer runs with ``decollate=False`` since nothing downstream needs per-item ou
 
 from __future__ import annotations
 
+import gc
 import glob
 import hashlib
 import json
@@ -22,6 +23,19 @@ from monai.engines import SupervisedEvaluator
 from monai.handlers import CheckpointSaver
 
 logger = logging.getLogger(__name__)
+
+
+def skip_exit_garbage_collection() -> None:
+    """In a ``python -m monai.bundle`` process about to exit, spare the interpreter's final garbage collection.
+
+    It walks the million-odd objects torch, MONAI and their imports allocated, only to free memory that the
+    exit frees anyway: about 0.8 s of a 2-core inference command (docs/benchmarks.md). Objects are still
+    released, and files closed, as the modules are torn down; only cyclic garbage left at exit is not
+    collected. Where anything else is ``__main__`` (a server, pytest) nothing changes.
+    """
+    main = sys.modules.get("__main__")
+    if getattr(getattr(main, "__spec__", None), "name", None) == "monai.bundle.__main__":
+        gc.freeze()
 
 
 class MaskedHeatmapMSELoss(torch.nn.Module):

@@ -20,6 +20,7 @@ import torch
 from scripts.errors import exits_on_data_error
 from scripts.heatmaps import pair_permutation
 from scripts.model_files import load_member
+from scripts.precision import inference_dtype, with_precision
 
 logger = logging.getLogger(__name__)
 
@@ -73,13 +74,17 @@ def parse_switch(value, name: str) -> bool:
 @exits_on_data_error
 def build_network(network_def: torch.nn.Module, model_files: Sequence[str], landmark_names: Sequence[str],
                   left_right_pairs: Sequence[Sequence[int]] = (), mirror_axes: Sequence[int] = (), device=None,
-                  plans_hash: str = "") -> torch.nn.Module:
-    """The inference network: one model file as is, several (folds) or mirror TTA as a HeatmapEnsemble."""
-    members = [load_member(network_def, path, landmark_names, plans_hash) for path in model_files]
+                  plans_hash: str = "", precision: str = "float32") -> torch.nn.Module:
+    """The inference network: one model file as is, several (folds) or mirror TTA as a HeatmapEnsemble;
+    ``precision`` (auto | float32 | bfloat16, scripts.precision) sets the members' convolution dtype."""
+    dtype = inference_dtype(precision, device)
+    members = [with_precision(load_member(network_def, path, landmark_names, plans_hash), dtype) for path in model_files]
     if len(members) == 1 and not mirror_axes:
         network = members[0]
     else:
         network = HeatmapEnsemble(members, mirror_axes, left_right_pairs)
         logger.info("ensemble of %d model(s), mirror TTA on axes %s: %d passes per window (%s)", len(members), sorted(set(mirror_axes)),
                     network.n_passes, ", ".join(model_files))
+    if dtype != torch.float32:
+        logger.info("%s convolutions, float32 output layer (--precision %s)", str(dtype).replace("torch.", ""), precision)
     return network.to(device).eval() if device is not None else network.eval()

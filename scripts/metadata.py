@@ -12,7 +12,8 @@ import monai
 
 SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
 MONAILABEL_VERSION = "0.8.5"  # monailabel_app/ is tested against it (requirements-monailabel.txt)
-REQUIRED_PACKAGES = ("nibabel", "pytorch-ignite", "SimpleITK", "itk", "fire", "scipy")
+# what the bundle runs with beyond torch, monai and numpy: requirements.txt (tests/test_distribution.py keeps them equal)
+REQUIRED_PACKAGES = ("nibabel", "pytorch-ignite", "fire", "jsonschema", "SimpleITK", "tqdm", "matplotlib", "pyyaml")
 KEPT_FIELDS = ("version", "changelog", "eval_metrics", "description", "authors", "copyright", "data_source",
                "intended_use", "references", "name")
 REFERENCES = [

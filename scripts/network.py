@@ -44,4 +44,12 @@ class LandmarkHeatmapNet(torch.nn.Module):
         torch.nn.init.constant_(output_conv.bias, float(torch.logit(torch.tensor(initial_output))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(x))
+        return self.heatmaps(self.features(x))
+
+    # DynUNet.forward without deep supervision (not used here), split so that scripts.precision can run the
+    # body in bfloat16 and the output layer in float32
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.skip_layers(x)
+
+    def heatmaps(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net.output_block(features))

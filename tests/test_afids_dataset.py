@@ -243,3 +243,20 @@ def test_build_from_the_real_wheels(tmp_path):
     assert math.isclose(datalist.section("training")[0]["landmarks"]["AC"][1], 2.93275)
     assert len(datalist.section("validation")) == 2 and len(datalist.section("testing")) == 1
     assert (tmp_path / "out" / "sample" / "sample_T1w.nii.gz").stat().st_size < 8e6
+
+
+def test_gaussian_blur_equals_scipy_and_keeps_a_point_mass_normalised():
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(3)
+    volume = rng.normal(size=(23, 17, 29)).astype(np.float32)
+    for sigma in ([0.6, 0.6, 0.6], [1.3, 0.0, 0.4]):
+        ours = afids.gaussian_blur(volume, sigma)
+        assert ours.dtype == np.float32
+        np.testing.assert_allclose(ours, gaussian_filter(volume, sigma, mode="nearest", truncate=3.0), atol=1e-6)
+    point = np.zeros((15, 15, 15), np.float32)
+    point[7, 7, 7] = 1
+    blurred = afids.gaussian_blur(point, [1.0, 0.0, 0.0])  # radius int(3 * 1 + 0.5) = 3 along x only
+    weights = np.exp(-0.5 * np.arange(-3, 4) ** 2)
+    np.testing.assert_allclose(blurred[4:11, 7, 7], weights / weights.sum(), rtol=1e-6)
+    assert blurred.sum() == pytest.approx(1.0) and np.count_nonzero(blurred) == 7

@@ -126,3 +126,23 @@ def test_verify_net_in_out_passes_with_the_declared_shapes():
     log = cli(["-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json",
                "--config_file", "configs/inference.json"], cwd=PROJECT)
     assert "data shape of network is verified with no error" in log
+
+
+def _requirement_names(path: Path) -> set:
+    import re
+
+    lines = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
+    return {re.split(r"[\[<>=~!; ]", line, maxsplit=1)[0].lower() for line in lines if line and not line.startswith("-")}
+
+
+def test_metadata_lists_what_requirements_install_and_nothing_only_tests_need():
+    """metadata.json's required packages are requirements.txt's (beyond torch, monai, numpy); scipy and itk,
+    which MONAI imports at start-up whenever they are installed, stay in requirements-test.txt."""
+    from scripts.metadata import REQUIRED_PACKAGES
+
+    runtime = _requirement_names(PROJECT / "requirements.txt")
+    assert runtime - {"torch", "monai", "numpy"} == {p.lower() for p in REQUIRED_PACKAGES}
+    assert not runtime & {"scipy", "itk", "pytest"}
+    assert {"scipy", "itk", "pytest"} <= _requirement_names(PROJECT / "requirements-test.txt")
+    shipped = json.loads((PROJECT / "configs" / "metadata.json").read_text())["required_packages_version"]
+    assert set(shipped) == set(REQUIRED_PACKAGES)

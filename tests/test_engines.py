@@ -79,3 +79,27 @@ def test_metric_on_a_real_engine_counts_every_annotated_landmark():
     assert state.metrics["mre"] == pytest.approx(12 / 5)
     assert state.metrics["median"] == pytest.approx(3.0)
     assert state.metrics["sdr_4mm"] == pytest.approx(4 / 5)
+
+
+def test_exit_garbage_collection_is_skipped_only_in_a_bundle_command(tmp_path):
+    """`python -m monai.bundle run` freezes the heap before exiting (the final collection is skipped);
+    called anywhere else (here: pytest, as a server would) it changes nothing."""
+    import gc
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from scripts.engines import skip_exit_garbage_collection
+
+    before = gc.get_freeze_count()
+    skip_exit_garbage_collection()
+    assert gc.get_freeze_count() == before
+    config = tmp_path / "exit.json"
+    config.write_text(json.dumps({"imports": ["$import gc", "$import scripts", "$import scripts.engines"], "run": ["$print('ran')"],
+                                  "finalize": ["$scripts.engines.skip_exit_garbage_collection()",
+                                               "$print('frozen objects:', gc.get_freeze_count())"]}))
+    result = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config)],
+                            cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    frozen = int(result.stdout.split("frozen objects:")[1].split()[0])
+    assert "ran" in result.stdout and frozen > 10000

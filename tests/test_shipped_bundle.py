@@ -95,3 +95,28 @@ def test_shipped_model_finds_the_sample_landmarks_and_nothing_in_non_brains(tmp_
         landmarks = json.loads((tmp_path / "out" / f"{stem}.json").read_text())["landmarks"]
         assert not any(v["found"] for v in landmarks.values()), stem
         assert max(v["score"] for v in landmarks.values()) < 0.3, stem
+
+
+def test_shipped_model_in_bfloat16_finds_the_float32_positions(afids_bundle_dir):
+    """--precision bfloat16 (the default where the CPU has it natively) moves the sample's landmarks by a
+    small fraction of a voxel: the output layer stays float32, so the sub-voxel refinement is not rounded, and
+    the coarse stage stays float32, so the fine patches are the same (weak channels move up to ~1 voxel)."""
+    import numpy as np
+    import torch
+    from monai.bundle import ConfigParser
+
+    from scripts.heatmaps import extract_landmarks
+
+    positions = {}
+    for precision in ("float32", "bfloat16"):
+        parser = ConfigParser()
+        parser.read_config(str(PROJECT / "configs" / "inference.json"))
+        parser.update({"bundle_root": str(PROJECT), "precision": precision, "tta": False, "check_image_files": False,
+                       "input": str(afids_bundle_dir / "data" / "afids" / "sample" / "sample_T1w.nii.gz"),
+                       "cases": [{"image": str(afids_bundle_dir / "data" / "afids" / "sample" / "sample_T1w.nii.gz")}]})
+        image = parser.get_parsed_content("preprocessing")(parser.get_parsed_content("cases")[0])["image"]
+        with torch.inference_mode():
+            heatmaps = parser.get_parsed_content("inferer")(image[None], parser.get_parsed_content("network"))[0]
+        positions[precision], scores = extract_landmarks(heatmaps)
+    shift = np.linalg.norm(positions["bfloat16"] - positions["float32"], axis=1)[scores > 0.3]  # 1 mm voxels
+    assert len(shift) >= 28 and np.median(shift) < 0.15 and np.mean(shift) < 0.25, np.round(shift, 2)
