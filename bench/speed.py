@@ -1,6 +1,9 @@
 """Speed and memory of training and inference, with atlas registration as the reference; writes docs/benchmarks.md.
 
-    python bench/speed.py [--bundle_root .] [--repeats 3] [--quick]
+    python bench/speed.py [--bundle_root .] [--repeats 3] [--quick] [--python ENV/bin/python]
+
+--python: the interpreter of the commands a user runs, ideally a virtual environment installed as the
+README's first command does (requirements.txt only): the packages installed decide MONAI's start-up.
 
 Everything in one run on one machine (stated in the output):
 1. heatmap targets per training patch: ours (windowed, separable) vs a full-patch Gaussian per landmark
@@ -8,9 +11,10 @@ Everything in one run on one machine (stated in the output):
 2. one training sample through the data pipeline (cached preprocessing + augmentation) vs the network step;
 3. the training step for the planned patch and batch, with 1 and 2 threads;
 4. the command a user runs on a 1 mm whole-head T1 (the AFIDs sample resampled to 1 mm), wall time
-   including process start-up and peak RSS: the shipped cascade, + mirror TTA, a 2-member ensemble,
-   and the fine network's sliding window over the whole head; SimpleITK affine and affine + B-spline
-   registration of the AFIDs template to the same scan (bench/registration.py), also as commands;
+   including process start-up and peak RSS: the shipped cascade + mirror TTA (also in float32), without
+   TTA, a 2-member ensemble, and the fine network's sliding window over the whole head; SimpleITK affine
+   and affine + B-spline registration of the AFIDs template to the same scan (bench/registration.py), also
+   as commands; medians of --repeats rounds, every command once per round;
 5. scaling: sliding-window inference time vs image size (64^3 to 256^3) and vs landmark count (4 to 128).
 """
 
@@ -134,7 +138,7 @@ def timed_command(args: list[str], cwd: Path) -> tuple[float, float, float]:
     return seconds, (int(peak[-1].split()[1]) / 1024**2 if peak else float("nan")), evaluator_seconds(result.stdout + result.stderr)
 
 
-def inference_rows(bundle: Path, data: Path, work: Path, python: str) -> list:
+def inference_rows(bundle: Path, data: Path, work: Path, python: str, rounds: int) -> list:
     scan = work / "head_1mm.nii.gz"
     size = resample_to_1mm(str(data / "sample" / "sample_T1w.nii.gz"), str(scan))
     ensemble_bundle = work / "ensemble_bundle"
@@ -155,18 +159,25 @@ def inference_rows(bundle: Path, data: Path, work: Path, python: str) -> list:
     ]
     # the floor every bundle command pays before any work: the interpreter and `import monai.bundle` with its dependencies
     start_up = "import monai.bundle, scripts.transforms"
-    rows = [(f"start-up alone: python -c '{start_up}'", *timed_command([python, PEAK_RSS, "-c", start_up], bundle))]
-    if os.path.realpath(python) != os.path.realpath(sys.executable):
-        rows.append((f"start-up alone with the tests' packages too (scipy, itk, MONAI Label's): python -c '{start_up}'",
-                     *timed_command([sys.executable, PEAK_RSS, "-c", start_up], bundle)))
-    for name, root, extra in variants:
-        measured = timed_command([*infer, "--output_dir", str(work / f"variant_{len(rows)}"), *extra], root)
-        rows.append((f"inference: {name}", *measured))
+    commands = [(f"start-up alone: python -c '{start_up}'", [python, PEAK_RSS, "-c", start_up], bundle)]
+    if os.path.abspath(python) != os.path.abspath(sys.executable):
+        commands.append((f"start-up alone with the tests' packages too (scipy, itk, MONAI Label's): python -c '{start_up}'",
+                         [sys.executable, PEAK_RSS, "-c", start_up], bundle))
+    commands += [(f"inference: {name}", [*infer, *extra], root) for name, root, extra in variants]
     template = data / "images" / "tpl-MNI152NLin2009cAsym_res-01_T1w.nii.gz"
     landmarks = data / "landmarks" / "tpl-MNI152NLin2009cAsym_res-01_T1w.json"
     register = [python, PEAK_RSS, str(PROJECT / "bench" / "registration.py"), str(template), str(landmarks), str(scan)]
-    for name, extra in (("SimpleITK affine registration", []), ("SimpleITK affine + B-spline registration", ["--bspline"])):
-        rows.append((name, *timed_command([*register, *extra], PROJECT)))
+    commands += [(name, [*register, *extra], PROJECT)
+                 for name, extra in (("SimpleITK affine registration", []), ("SimpleITK affine + B-spline registration", ["--bspline"]))]
+    # rounds of every command in turn, so that a slow spell of the machine touches all of them alike; medians reported
+    runs: dict = {name: [] for name, _, _ in commands}
+    for round_ in range(rounds):
+        for index, (name, args, cwd) in enumerate(commands):
+            output = ["--output_dir", str(work / f"run_{round_}_{index}")] if "monai.bundle" in args else []
+            runs[name].append(timed_command([*args, *output], cwd))
+        print(f"inference round {round_ + 1} of {rounds} measured", flush=True)
+    rows = [(name, float(np.median([r[0] for r in measured])), max(r[1] for r in measured), float(np.median([r[2] for r in measured])))
+            for name, measured in runs.items()]
     return rows, size
 
 
@@ -220,7 +231,7 @@ def main() -> int:
     train_rows, step_time = training_rows(config, args.repeats)
     print("training measured", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        infer_rows, head_size = inference_rows(bundle, Path(args.data).resolve(), Path(tmp), args.python)
+        infer_rows, head_size = inference_rows(bundle, Path(args.data).resolve(), Path(tmp), args.python, args.repeats)
     print("inference measured", flush=True)
     sizes, counts = ([64, 96, 128], [4, 16, 32]) if args.quick else ([64, 128, 192, 256], [4, 16, 32, 64, 128])
     scale_rows = scaling_rows(config, sizes, counts, args.repeats)
@@ -270,7 +281,8 @@ def main() -> int:
         "",
         f"## Inference on a 1 mm whole-head T1 ({'x'.join(map(str, head_size))} voxels), as a user runs it",
         "",
-        "Wall time includes process start-up, model loading and writing the outputs (no PNG); peak RSS of the process;",
+        f"Median of {args.repeats} rounds (every command once per round, in turn). Wall time includes process start-up, model",
+        "loading and writing the outputs (no PNG); peak RSS of the process (the largest of the rounds);",
         "without start-up: the evaluator's own time (reading, preprocessing, networks, extraction, writing), what a",
         "running server pays per scan.",
         "",

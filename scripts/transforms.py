@@ -252,7 +252,7 @@ class LandmarkHeatmapd(Transform):
 class ExtractLandmarksd(Transform):
     """Heatmaps -> landmark positions: per-channel peak, sub-voxel refinement, left/right correction.
 
-    Writes ``pred_landmarks`` (voxel, in the heatmap's grid), ``pred_landmarks_world`` (RAS mm),
+    Writes ``pred_landmarks`` (voxel, in the preprocessed image's grid), ``pred_landmarks_world`` (RAS mm),
     ``pred_landmarks_input_voxel`` (float index in the image as it was read), ``pred_scores`` and
     ``pred_found``. The mapping back is exact because every preprocessing step kept the affine.
     """
@@ -277,9 +277,11 @@ class ExtractLandmarksd(Transform):
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
-        image = d[self.image_key]
-        voxels, scores = extract_landmarks(d[self.pred_key])
-        world = voxel_to_world(affine_of(image), voxels)
+        image, heatmaps = d[self.image_key], d[self.pred_key]
+        # heatmaps carry their own grid (the cascade's cover only the box of its patches); plain ones share the image's
+        heatmap_affine = affine_of(heatmaps if isinstance(heatmaps, MetaTensor) else image)
+        voxels, scores = extract_landmarks(heatmaps)
+        world = voxel_to_world(heatmap_affine, voxels)
         world, order = correct_left_right(world, self.pairs)
         scores = np.asarray(scores)[order]
         original = image.meta.get("original_affine", image.affine) if isinstance(image, MetaTensor) else np.eye(4)
@@ -289,7 +291,7 @@ class ExtractLandmarksd(Transform):
         d["pred_scores"] = scores
         found = scores >= self.found_threshold
         if self.sigma is not None:
-            covariances = heatmap_covariances(d[self.pred_key], voxels, self.sigma, affine_of(image))[order]
+            covariances = heatmap_covariances(heatmaps, voxels, self.sigma, heatmap_affine)[order]
             radius = radii(self.calibration, covariances)
             flagged, _ = configuration_flags(world, self.calibration.get("distances"), self.landmark_names or range(len(world)))
             d["pred_covariance_mm2"], d["pred_radius_mm"], d["pred_flagged"] = covariances, radius, flagged

@@ -10,7 +10,9 @@ import torch
 
 from scripts.cascade import CascadeInferer, coarse_shape, coarse_to_fine, cover_with_patches
 from scripts.heatmaps import extract_landmarks, render_heatmaps
+from scripts.landmark_io import voxel_to_world
 from scripts.plans import stage_configuration
+from scripts.transforms import affine_of
 
 SHAPE = (90, 100, 80)
 class Copy(torch.nn.Module):
@@ -19,6 +21,13 @@ class Copy(torch.nn.Module):
 
     def forward(self, x):
         return x.clone()
+
+
+def image_voxels(heatmaps) -> np.ndarray:
+    """Peaks of one item's cascade heatmaps, mapped from the patches' box to the image through their affine
+    (the inputs here are plain tensors, so the image's affine is the identity)."""
+    voxels, _ = extract_landmarks(heatmaps)
+    return voxel_to_world(affine_of(heatmaps), voxels)
 
 
 POINTS = np.array([[20.3, 30.6, 40.2], [24.8, 33.1, 38.7], [70.2, 80.4, 20.9], [45.5, 50.5, 60.1]])
@@ -44,10 +53,12 @@ def test_cascade_recovers_positions_from_fine_patches():
     image = torch.from_numpy(render_heatmaps(POINTS, SHAPE, sigma=3.0))[None]
     inferer = CascadeInferer(Copy(), [1, 1, 1], [3, 3, 3], [32, 32, 32], [32, 32, 32], sigma=3.0)
     heatmaps = inferer(image, Copy())
-    assert heatmaps.shape == (1, 4, *SHAPE)
-    found, scores = extract_landmarks(heatmaps[0])
-    np.testing.assert_allclose(found, POINTS, atol=1e-3)
-    assert float((heatmaps[0] > 0).float().mean()) < 0.2, "fine work only inside a few patches"
+    np.testing.assert_allclose(image_voxels(heatmaps[0]), POINTS, atol=1e-3)
+    # the heatmaps span only the box of the patches the cover chose (margin min(3 sigma, 32 / 4) = 8)
+    starts = np.array([start for start, _ in cover_with_patches(POINTS, [32] * 3, SHAPE, [8] * 3)])
+    assert list(heatmaps.shape) == [1, 4, *(starts.max(0) + 32 - starts.min(0))]
+    np.testing.assert_array_equal(affine_of(heatmaps[0])[:3, 3], starts.min(0))
+    assert heatmaps[0].numel() < 0.7 * 4 * np.prod(SHAPE), "landmark-local: less than the image"
 
 
 def test_without_a_coarse_model_it_is_a_sliding_window():
@@ -82,10 +93,9 @@ def test_fine_peak_is_searched_near_the_coarse_position():
     point = np.array([[30.2, 40.6, 35.4]])
     image = torch.from_numpy(render_heatmaps(point, (80, 80, 80), sigma=3.0))[None]
     near = CascadeInferer(Copy(), [1, 1, 1], [3, 3, 3], [32, 32, 32], [48, 48, 48], sigma=3.0, search_radius=6.0)
-    found, _ = extract_landmarks(near(image, AddDecoy())[0])
-    np.testing.assert_allclose(found, point, atol=0.05)
+    np.testing.assert_allclose(image_voxels(near(image, AddDecoy())[0]), point, atol=0.05)
     anywhere = CascadeInferer(Copy(), [1, 1, 1], [3, 3, 3], [32, 32, 32], [48, 48, 48], sigma=3.0, search_radius=0)
-    decoy, _ = extract_landmarks(anywhere(image, AddDecoy())[0])
+    decoy = image_voxels(anywhere(image, AddDecoy())[0])
     assert abs(decoy[0][0] - (point[0][0] + 10)) < 0.5, "without the search ball the brighter look-alike wins"
 
 
@@ -105,3 +115,31 @@ def test_batched_fine_windows_give_the_same_heatmaps():
     one = CascadeInferer(Copy(), [1, 1, 1], [3, 3, 3], [32, 32, 32], [32, 32, 32], sigma=3.0)(image, Copy())
     batched = CascadeInferer(Copy(), [1, 1, 1], [3, 3, 3], [32, 32, 32], [32, 32, 32], sigma=3.0, sw_batch_size=4)(image, Copy())
     assert torch.equal(one, batched)
+
+
+def test_a_batch_shares_one_box_and_each_item_keeps_its_landmarks():
+    other = POINTS + np.array([5.0, -8.0, 6.0])
+    images = torch.from_numpy(np.stack([render_heatmaps(p, SHAPE, sigma=3.0) for p in (POINTS, other)]))
+    heatmaps = CascadeInferer(Copy(), [1, 1, 1], [3, 3, 3], [32, 32, 32], [32, 32, 32], sigma=3.0)(images, Copy())
+    for item, points in enumerate((POINTS, other)):
+        voxels, _ = extract_landmarks(heatmaps[item])
+        np.testing.assert_allclose(voxel_to_world(affine_of(heatmaps), voxels), points, atol=1e-3)
+
+
+def test_extraction_reads_the_heatmaps_own_grid():
+    """Cascade heatmaps on a box at (10, 20, 30) of an image with 2 mm voxels: the world position comes from the
+    heatmaps' affine; pred_landmarks are in the image's grid."""
+    from monai.data import MetaTensor
+
+    from scripts.transforms import ExtractLandmarksd
+
+    image_affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    image_affine[:3, 3] = [-50, -60, -40]
+    box_affine = image_affine.copy()
+    box_affine[:3, 3] += 2.0 * np.array([10, 20, 30])
+    in_box = np.array([[12.25, 7.5, 9.0]])
+    heatmaps = MetaTensor(torch.from_numpy(render_heatmaps(in_box, (32, 32, 32), sigma=3.0)), affine=torch.as_tensor(box_affine))
+    image = MetaTensor(torch.zeros(1, 60, 70, 80), affine=torch.as_tensor(image_affine))
+    out = ExtractLandmarksd()({"image": image, "pred": heatmaps})
+    np.testing.assert_allclose(out["pred_landmarks"], in_box + [10, 20, 30], atol=1e-3)
+    np.testing.assert_allclose(out["pred_landmarks_world"], [[-50 + 2 * 22.25, -60 + 2 * 27.5, -40 + 2 * 39.0]], atol=2e-3)
