@@ -157,8 +157,9 @@ def inference_rows(bundle: Path, data: Path, work: Path, python: str, rounds: in
         ("cascade, ensemble of 2 members (copies), no TTA", ensemble_bundle, ["--tta", "false"]),
         ("fine network sliding window over the whole head (no cascade, no TTA)", bundle, ["--tta", "false", "--coarse_model_files", "$[]"]),
     ]
-    # the floor every bundle command pays before any work: the interpreter and `import monai.bundle` with its dependencies
-    start_up = "import monai.bundle, scripts.transforms"
+    # the floor every bundle command pays before any work: the interpreter and `import monai.bundle` with its dependencies,
+    # exiting as inference.json does (without the final garbage collection, scripts.engines.skip_exit_garbage_collection)
+    start_up = "import gc, monai.bundle, scripts.transforms; gc.freeze()"
     commands = [(f"start-up alone: python -c '{start_up}'", [python, PEAK_RSS, "-c", start_up], bundle)]
     if os.path.abspath(python) != os.path.abspath(sys.executable):
         commands.append((f"start-up alone with the tests' packages too (scipy, itk, MONAI Label's): python -c '{start_up}'",
