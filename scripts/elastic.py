@@ -16,6 +16,8 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import convert_to_dst_type, ensure_tuple_rep
 
+from scripts.landmark_io import voxel_spacing
+
 # Control displacements are clipped to this fraction of the control spacing, which keeps a cubic B-spline
 # deformation free of folding (Rueckert et al. 2006) and the point inversion's fixed-point iteration convergent.
 MAX_DISPLACEMENT_FRACTION = 0.4
@@ -77,11 +79,6 @@ class ControlGrid:
                 return x
         warnings.warn(f"elastic point inversion stopped {float(step):.2g} voxel short of convergence", stacklevel=2)
         return x
-
-
-def voxel_spacing(affine) -> np.ndarray:
-    """Voxel size (mm) along each array axis: the lengths of the affine's first three columns."""
-    return np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
 
 
 def control_intervals(shape: Sequence[int], spacing: np.ndarray, control_spacing_mm: float) -> list[int]:

@@ -12,8 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from monai.transforms import Transform
 
-from scripts.elastic import voxel_spacing
-from scripts.landmark_io import atomic_write_bytes
+from scripts.landmark_io import atomic_write_bytes, voxel_spacing
 from scripts.outputs import case_outputs_or_nothing
 from scripts.transforms import affine_of
 

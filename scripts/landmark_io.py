@@ -394,6 +394,11 @@ def voxel_to_world(affine, points) -> np.ndarray:
     return _apply_affine(affine, points)
 
 
+def voxel_spacing(affine) -> np.ndarray:
+    """Voxel size (mm) along each array axis: the lengths of the affine's first three columns."""
+    return np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+
+
 def world_to_voxel(affine, points) -> np.ndarray:
     """World (N, 3) -> voxel indices (N, 3) through the inverse of a 4x4 affine; NaN rows stay NaN."""
     return _apply_affine(np.linalg.inv(_as_float64(affine)), points)

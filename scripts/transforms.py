@@ -19,12 +19,11 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import Flip, MapTransform, Randomizable, RandomizableTransform, SpatialCrop, Transform
 
-from scripts.elastic import voxel_spacing
 from scripts.errors import LandmarkDataError
 from scripts.heatmaps import extract_landmarks, pair_permutation, correct_left_right, render_heatmaps
 from scripts.uncertainty import configuration_flags, heatmap_covariances, radii
 from scripts.image_io import check_finite, check_fits_in_memory, check_image_data
-from scripts.landmark_io import landmarks_to_array, voxel_to_world, world_to_voxel
+from scripts.landmark_io import landmarks_to_array, voxel_spacing, voxel_to_world, world_to_voxel
 
 
 def image_sources(image) -> list[str]:
