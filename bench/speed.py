@@ -179,7 +179,14 @@ def inference_rows(bundle: Path, data: Path, work: Path, python: str, rounds: in
         print(f"inference round {round_ + 1} of {rounds} measured", flush=True)
     rows = [(name, float(np.median([r[0] for r in measured])), max(r[1] for r in measured), float(np.median([r[2] for r in measured])))
             for name, measured in runs.items()]
-    return rows, size
+    return rows, size, runs
+
+
+def paired_ratio(runs: dict, ours: str, reference: str, column: int = 0) -> tuple[float, float, float]:
+    """(median, lowest, highest) over the rounds of ours / reference, each pair timed a minute apart, so
+    that the machine's slower and faster spells cancel; ``column`` 0 = wall time, 2 = evaluator time."""
+    ratios = [mine[column] / theirs[0] for mine, theirs in zip(runs[ours], runs[reference])]
+    return float(np.median(ratios)), min(ratios), max(ratios)
 
 
 # ----------------------------------------------------------------------------- 5: scaling
@@ -232,31 +239,27 @@ def main() -> int:
     train_rows, step_time = training_rows(config, args.repeats)
     print("training measured", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        infer_rows, head_size = inference_rows(bundle, Path(args.data).resolve(), Path(tmp), args.python, args.repeats)
+        infer_rows, head_size, runs = inference_rows(bundle, Path(args.data).resolve(), Path(tmp), args.python, args.repeats)
     print("inference measured", flush=True)
     sizes, counts = ([64, 96, 128], [4, 16, 32]) if args.quick else ([64, 128, 192, 256], [4, 16, 32, 64, 128])
     scale_rows = scaling_rows(config, sizes, counts, args.repeats)
 
-    by_name = {name: (seconds, peak, engine) for name, seconds, peak, engine in infer_rows}
-    shipped = by_name["inference: cascade + mirror TTA (shipped default)"]
-    affine = by_name["SimpleITK affine registration"][0]
-    bspline = by_name["SimpleITK affine + B-spline registration"][0]
+    shipped, affine, bspline = ("inference: cascade + mirror TTA (shipped default)", "SimpleITK affine registration",
+                                "SimpleITK affine + B-spline registration")
+    peak = max(r[1] for r in runs[shipped])
     ours = [row for row in train_rows if row[0].startswith("heatmap targets, ours")][0]
     share = float(ours[2].split("%")[0]) / 100
+    # (measure, (median, lowest, highest) or a single value, target text, limit); the last two are not the issue's
+    # targets (those include start-up): what a running server (MONAI Label) pays per scan
     targets = [
-        ("shipped inference / (affine + B-spline registration)", shipped[0] / bspline, "<= 0.25"),
-        ("shipped inference / affine registration", shipped[0] / affine, "<= 1.0"),
-        ("peak RSS of shipped inference (GB)", shipped[1], "<= 4"),
-        ("heatmap rendering share of a training step", share, "<= 5%"),
+        ("shipped inference / (affine + B-spline registration)", paired_ratio(runs, shipped, bspline), "<= 0.25", 0.25),
+        ("shipped inference / affine registration", paired_ratio(runs, shipped, affine), "<= 1.0", 1.0),
+        ("peak RSS of shipped inference (GB)", (peak,), "<= 4", 4.0),
+        ("heatmap rendering share of a training step", (share,), "<= 5%", 0.05),
+        ("shipped inference without start-up (server) / affine registration", paired_ratio(runs, shipped, affine, 2), "(<= 1.0)", 1.0),
+        ("shipped inference without start-up (server) / (affine + B-spline registration)", paired_ratio(runs, shipped, bspline, 2),
+         "(<= 0.25)", 0.25),
     ]
-    met = [shipped[0] / bspline <= 0.25, shipped[0] / affine <= 1.0, shipped[1] <= 4.0, share <= 0.05]
-    # not the issue's targets (they include start-up): what a running server (MONAI Label) pays per scan
-    in_server = [
-        ("shipped inference without start-up (server) / affine registration", shipped[2] / affine, "(<= 1.0)"),
-        ("shipped inference without start-up (server) / (affine + B-spline registration)", shipped[2] / bspline, "(<= 0.25)"),
-    ]
-    targets += in_server
-    met += [shipped[2] / affine <= 1.0, shipped[2] / bspline <= 0.25]
     lines = [
         "# Benchmarks: training and inference speed, memory, and the registration reference",
         "",
@@ -269,10 +272,12 @@ def main() -> int:
         "",
         "## Targets",
         "",
+        f"Ratios: the median over the {args.repeats} rounds of each round's pair (lowest-highest in brackets).",
+        "",
         "| measure | value | target | met |",
         "|---|---|---|---|",
-        *[f"| {name} | {value:.2f}{'' if 'share' not in name else ''} | {target} | {'yes' if ok else '**no**'} |"
-          for (name, value, target), ok in zip(targets, met)],
+        *[f"| {name} | {value[0]:.2f}{f' ({value[1]:.2f}-{value[2]:.2f})' if len(value) == 3 else ''} | {target} | "
+          f"{'yes' if value[0] <= limit else '**no**'} |" for name, value, target, limit in targets],
         "",
         "## Training (per patch / step)",
         "",
