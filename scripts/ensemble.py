@@ -20,7 +20,7 @@ import torch
 from scripts.errors import exits_on_data_error
 from scripts.heatmaps import pair_permutation
 from scripts.model_files import load_member
-from scripts.precision import inference_dtype, with_precision
+from scripts.precision import ReducedPrecisionHeatmapNet, inference_dtype, with_precision
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,6 @@ def build_network(network_def: torch.nn.Module, model_files: Sequence[str], land
         network = HeatmapEnsemble(members, mirror_axes, left_right_pairs)
         logger.info("ensemble of %d model(s), mirror TTA on axes %s: %d passes per window (%s)", len(members), sorted(set(mirror_axes)),
                     network.n_passes, ", ".join(model_files))
-    if dtype != torch.float32:
+    if any(isinstance(member, ReducedPrecisionHeatmapNet) for member in members):
         logger.info("%s convolutions, float32 output layer (--precision %s)", str(dtype).replace("torch.", ""), precision)
     return network.to(device).eval() if device is not None else network.eval()

@@ -63,11 +63,16 @@ def _dicom_series_files(folder: str) -> list[str]:
     return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, series[0]))
 
 
+def _read_image(path: str) -> sitk.Image:
+    """The image of a file, or of the one DICOM series in a folder."""
+    return sitk.ReadImage(_dicom_series_files(path) if os.path.isdir(path) else path)
+
+
 def _open(path: str):
     """A SimpleITK object holding the geometry: the header reader of a file, the loaded series of a DICOM folder."""
     try:
         if os.path.isdir(path):
-            return sitk.ReadImage(_dicom_series_files(path))
+            return _read_image(path)
         reader = sitk.ImageFileReader()
         reader.SetFileName(path)
         reader.ReadImageInformation()
@@ -127,7 +132,7 @@ def check_image_data(path) -> tuple[float, float]:
             raise LandmarkDataError(path, f"cannot read image: truncated or corrupt file ({message})") from None
     else:
         try:
-            array = sitk.GetArrayViewFromImage(sitk.ReadImage(_dicom_series_files(path) if os.path.isdir(path) else path))
+            array = sitk.GetArrayViewFromImage(_read_image(path))
         except RuntimeError as error:
             raise LandmarkDataError(path, f"cannot read image data: {_short_sitk_message(error)}") from None
     check_finite(path, array)
@@ -175,10 +180,7 @@ class SimpleITKReader(ImageReader):
         return True  # whatever SimpleITK can read; it names the problem when it cannot
 
     def read(self, data, **kwargs):
-        images = []
-        for path in ensure_tuple(data):
-            path = str(path)
-            images.append(sitk.ReadImage(_dicom_series_files(path) if os.path.isdir(path) else path))
+        images = [_read_image(str(path)) for path in ensure_tuple(data)]
         return images if len(images) > 1 else images[0]
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:
