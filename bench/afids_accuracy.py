@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.machine import evaluator_seconds, machine_description  # noqa: E402
 from bench.registration import carry_landmarks, register_affine, register_bspline  # noqa: E402
 from scripts.data import image_stem  # noqa: E402
-from scripts.landmark_io import atomic_write_text, landmarks_to_array, load_datalist  # noqa: E402
+from scripts.atomic import atomic_write_text  # noqa: E402
+from scripts.landmark_io import landmarks_to_array, load_datalist  # noqa: E402
 from scripts.metrics import summarize_errors  # noqa: E402
 
 

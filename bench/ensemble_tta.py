@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import evaluator_seconds, machine_description  # noqa: E402
-from scripts.landmark_io import atomic_write_text  # noqa: E402
+from scripts.atomic import atomic_write_text  # noqa: E402
 from scripts.model_files import fold_dirs  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parent.parent

@@ -140,8 +140,8 @@ def main() -> None:
         "Repeated runs of a row vary by up to about 10% (how much freed memory the allocator reuses",
         "between the two steps; other processes sharing the cores change the times more).",
         "step s is the wall time of the second step; GFLOP/s is the planner's FLOP count of a step",
-        "divided by it. The planner's CPU schedule assumes `CPU_FLOPS_PER_SECOND`",
-        "(scripts/planning/decisions.py).",
+        "divided by it. The planner does not predict step times: training measures its own step time and",
+        "fits the epochs to a time budget (scripts/training_budget.py, docs/planner.md rule 8).",
         "",
     ])
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """Speed and memory of training and inference, with atlas registration as the reference; writes docs/benchmarks.md.
 
     python bench/speed.py [--bundle_root .] [--repeats 3] [--quick] [--python ENV/bin/python]
+    python bench/speed.py --training      # only the training-speed table (bench/training_speed.py), < 10 min
 
 --python: the interpreter of the commands a user runs, ideally a virtual environment installed as the
 README's first command does (requirements.txt only): the packages installed decide MONAI's start-up.
@@ -39,7 +40,7 @@ sys.path.insert(0, str(PROJECT))
 
 from bench.machine import environment_description, evaluator_seconds, machine_description  # noqa: E402
 from scripts.heatmaps import render_heatmaps  # noqa: E402
-from scripts.landmark_io import atomic_write_text  # noqa: E402
+from scripts.atomic import atomic_write_text  # noqa: E402
 
 PEAK_RSS = str(PROJECT / "bench" / "peak_rss.py")
 
@@ -58,15 +59,15 @@ def best_of(function, repeats: int) -> float:
 
 def full_patch_gaussians(points, shape, sigma):
     grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"), axis=0)
-    return np.stack([np.exp(-((grid - p[:, None, None, None]) ** 2).sum(0) / (2 * sigma**2)) for p in points]).astype(np.float32)
+    sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float32), (3,))[:, None, None, None]  # voxels, per axis
+    return np.stack([np.exp(-((grid - p[:, None, None, None]) ** 2 / (2 * sigma**2)).sum(0)) for p in points]).astype(np.float32)
 
 
 def training_rows(parser, repeats: int) -> tuple[list, float]:
     from monai.transforms import GenerateHeatmapd
 
-    plans = parser.get_parsed_content("plans")
-    patch, sigma, batch = plans["patch_size"], plans["sigma_voxels"], plans["batch_size"]
-    n = len(plans["landmark_names"])
+    patch, sigma, batch = (parser.get_parsed_content(key) for key in ("patch_size", "sigma", "batch_size"))
+    n = len(parser.get_parsed_content("landmark_names"))
     rng = np.random.default_rng(0)
     points = rng.uniform(0, np.asarray(patch) - 1, size=(n, 3))
     generate = GenerateHeatmapd(keys="points", heatmap_keys="heatmap", ref_image_keys="image", sigma=sigma)
@@ -197,14 +198,15 @@ def scaling_rows(parser, sizes, counts, repeats: int) -> list:
 
     from scripts.network import LandmarkHeatmapNet
 
-    plans = parser.get_parsed_content("plans")
-    inferer = SlidingWindowInferer(plans["patch_size"], sw_batch_size=plans["sw_batch_size"], overlap=plans["sw_overlap"], mode="gaussian")
+    ids = {key: parser.get_parsed_content(key) for key in ("patch_size", "sw_batch_size", "sw_overlap", "landmark_names")}
+    inferer = SlidingWindowInferer(ids["patch_size"], sw_batch_size=ids["sw_batch_size"], overlap=ids["sw_overlap"], mode="gaussian")
+    network_def = parser.get_config()["network_def"]
 
     def network(n):
-        return LandmarkHeatmapNet(1, n, plans["kernel_size"], plans["strides"], plans["filters"]).eval()
+        return LandmarkHeatmapNet(1, n, network_def["kernel_size"], network_def["strides"], network_def["filters"]).eval()
 
     rows = []
-    net = network(len(plans["landmark_names"]))
+    net = network(len(ids["landmark_names"]))
     for size in sizes:
         image = torch.randn(1, 1, size, size, size)
         with torch.inference_mode():
@@ -226,10 +228,17 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smaller scaling sweep (64^3-128^3, 4-32 landmarks)")
     parser.add_argument("--output", default=str(PROJECT / "docs" / "benchmarks.md"))
+    parser.add_argument("--training", action="store_true",
+                        help="only the training-speed table (bench/training_speed.py: fine and coarse stage, float32 and mixed "
+                             "precision, data wait, peak RSS; ~5 min on 2 cores), replacing its block in --output")
     parser.add_argument("--python", default=sys.executable,
                         help="interpreter of the commands a user runs (inference, registration): one installed as the README's "
                              "first command does (requirements.txt only); default this one")
     args = parser.parse_args()
+    if args.training:
+        from bench.training_speed import main as training_speed
+
+        return training_speed(["--bundle_root", args.bundle_root, "--output", args.output])
     bundle = Path(args.bundle_root).resolve()
     from monai.bundle import ConfigParser
 
@@ -311,7 +320,10 @@ def main() -> int:
         *[f"| {name} | {seconds:.2f} |" for name, seconds in scale_rows],
         "",
     ]
-    table = "\n".join(lines)
+    from bench.training_speed import existing_block
+
+    kept = existing_block(Path(args.output))  # the training-speed table, rewritten only by --training
+    table = "\n".join(lines) + (f"\n{kept}\n" if kept else "")
     print(table)
     atomic_write_text(args.output, table)
     return 0

@@ -38,21 +38,23 @@ class LandmarkInferTask(BasicInferTask):
         return []
 
     def __call__(self, request, callbacks=None):
-        from scripts.errors import LandmarkDataError
+        from scripts.errors import bundle_error_in
         from scripts.serving import write_landmark_label
 
         started = time.time()
         image = request.get("image")
         if not isinstance(image, str):
             raise MONAILabelException(MONAILabelError.INVALID_INPUT, "landmarks: the request needs an image file")
+        label_file = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
         try:
             record = self.predictor.predict(image)
-        except (LandmarkDataError, SystemExit) as error:
-            # a bad image is the client's problem: 400 with the one-line reason, not a bare 500
-            message = str(error).removeprefix("error: ")
-            logger.error("landmarks: %s", message)
-            raise HTTPException(status_code=400, detail=message) from None
-        label_file = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
-        label_names = write_landmark_label(image, record, label_file, self.radius_mm, self.predictor.landmark_names)
+            label_names = write_landmark_label(image, record, label_file, self.radius_mm, self.predictor.landmark_names)
+        except Exception as error:  # noqa: BLE001 - the bundle's own errors may come wrapped (MONAI's transforms)
+            bad_input = bundle_error_in(error)
+            if bad_input is None:
+                raise
+            # a bad image is the client's problem: 400 with the one-line reason (LandmarkError), not a bare 500
+            logger.error("landmarks: %s", bad_input)
+            raise HTTPException(status_code=400, detail=str(bad_input)) from None
         result = {**record, "label_names": label_names, "latencies": {"total": round(time.time() - started, 3)}}
         return label_file, result

@@ -20,7 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.landmark_io import atomic_write_text, landmarks_to_array, load_datalist
+from scripts.errors import LandmarkDataError, cli_main
+from scripts.atomic import atomic_write_text
+from scripts.landmark_io import landmarks_to_array, load_datalist
+from scripts.landmark_names import plans_landmark_names
 from scripts.uncertainty import DEFAULT_COVERAGE, calibrate, distance_statistics, spread_mm
 
 MAX_RADIUS_FACTOR = 3.0  # found requires radius <= this x the median calibrated radius
@@ -57,6 +60,7 @@ def coverage_table(errors, spreads, groups: list[str], quantile: float) -> dict[
     return result
 
 
+@cli_main
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.calibrate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle_root", default=".", type=Path)
@@ -76,11 +80,12 @@ def main(argv=None) -> int:
         config.read_config(str(bundle_root / "configs" / "train.json"))
         config["bundle_root"] = str(bundle_root)
         args.datalist = config.get_parsed_content("datalist")
-    datalist = load_datalist(args.datalist)
+    model = plans_landmark_names(bundle_root / "configs" / "plans.json")  # points matched to the model's channels
+    datalist = load_datalist(args.datalist, model.channels, model.descriptions, model.source)
     names = list(datalist.landmark_names)
     entries = [e for e in datalist.section(args.section) if e.get("landmarks") and (not args.groups or e.get("group") in args.groups)]
     if len(entries) < 2:
-        raise SystemExit(f"error: {args.datalist}: {len(entries)} annotated {args.section} case(s) selected; calibration needs several")
+        raise LandmarkDataError(args.datalist, f"{len(entries)} annotated {args.section} case(s) selected; calibration needs several")
     k = args.calibration_cases or len(entries)
     errors, spreads = predict_cases(bundle_root, entries, names)
     calibration = calibrate(errors[:k], spreads[:k], names, args.coverage)

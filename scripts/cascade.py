@@ -98,19 +98,28 @@ class CascadeInferer(Inferer):
         coarse_spacing: Sequence[float],
         coarse_patch_size: Sequence[int],
         patch_size: Sequence[int],
-        sigma: float,
+        sigma: float | Sequence[float],
         sw_batch_size: int = 1,
         overlap: float = 0.25,
-        search_radius: float | None = None,
+        search_radius: float | Sequence[float] | None = None,
     ):
+        """``sigma``: the fine target's, in voxels (one value or one per axis); a landmark must lie 3 sigma (at most a
+        quarter patch) inside its patch. ``search_radius``: voxels (one value or per axis: an ellipsoid in voxels is a
+        ball in mm on anisotropic grids) around the coarse position where the fine peak is searched; default the
+        margin, <= 0 anywhere in the patch."""
         super().__init__()
         self.coarse_network = coarse_network
         self.spacing = list(spacing)
         self.coarse_spacing = list(coarse_spacing)
         self.patch_size = list(patch_size)
         self.sw_batch_size = max(1, int(sw_batch_size))
-        self.margin = [min(3 * sigma, p / 4) for p in patch_size]
-        self.search_radius = min(self.margin) if search_radius is None else (None if search_radius <= 0 else float(search_radius))
+        sigmas = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (3,))
+        self.margin = [min(3 * s, p / 4) for s, p in zip(sigmas, patch_size)]
+        if search_radius is None:
+            self.search_radius = np.asarray(self.margin, dtype=np.float64)
+        else:
+            radius = np.broadcast_to(np.asarray(search_radius, dtype=np.float64), (3,))
+            self.search_radius = None if np.any(radius <= 0) else radius.copy()
         self.coarse_inferer = SlidingWindowInferer(coarse_patch_size, sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian")
         self.full_inferer = SlidingWindowInferer(patch_size, sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian")
 
@@ -160,7 +169,7 @@ class CascadeInferer(Inferer):
         return MetaTensor(output, affine=shift)
 
     def _search_balls(self, centres: np.ndarray, patch: Sequence[int]) -> torch.Tensor:
-        """(members, *patch) masks: 1 within ``search_radius`` voxels of each coarse position, else 0.
+        """(members, *patch) masks: 1 within the ``search_radius`` ellipsoid (voxels per axis) of each coarse position, else 0.
 
         The fine network sees a 48-voxel patch in which similar structures recur (the other horn, the
         neighbouring sulcus); it refines the coarse position, so its peak is searched near it."""
@@ -169,9 +178,9 @@ class CascadeInferer(Inferer):
         centres = torch.as_tensor(np.asarray(centres), dtype=torch.float32)
         squared = 0
         for axis, size in enumerate(patch):  # separable: three broadcast squares instead of a (members, *patch, 3) grid
-            along = (torch.arange(size, dtype=torch.float32)[None] - centres[:, axis : axis + 1]) ** 2
+            along = ((torch.arange(size, dtype=torch.float32)[None] - centres[:, axis : axis + 1]) / float(self.search_radius[axis])) ** 2
             squared = squared + along.reshape(len(centres), *[size if a == axis else 1 for a in range(len(patch))])
-        return (squared <= self.search_radius**2).to(torch.float32)
+        return (squared <= 1.0).to(torch.float32)
 
 
 def _region(start, patch: Sequence[int]) -> tuple[slice, ...]:
@@ -188,26 +197,32 @@ def _pad_to(window: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.pad(window, pad)
 
 
-def make_inferer(plans: dict, coarse_network_def, coarse_model_files: Sequence[str], device, stage: str = "fine",
-                 left_right_pairs: Sequence[Sequence[int]] = (), mirror_axes: Sequence[int] = ()) -> Inferer:
-    """The inferer the plans call for: a cascade when planned and its coarse model(s) exist, else a sliding window.
+def make_inferer(patch_size: Sequence[int], sigma, spacing: Sequence[float], sw_batch_size: int = 1, overlap: float = 0.25,
+                 coarse_network_def: torch.nn.Module | None = None, coarse_model_files: Sequence[str] = (),
+                 coarse_spacing: Sequence[float] | None = None, coarse_patch_size: Sequence[int] | None = None,
+                 search_radius_mm: float | None = None, landmark_names: Sequence[str] = (), left_right_pairs: Sequence[Sequence[int]] = (),
+                 mirror_axes: Sequence[int] = (), tta=False, device=None) -> Inferer:
+    """The cascade inferer (configs' ``validate#inferer`` / ``inferer`` when the plans have a cascade): every number
+    is a config id, so ``--patch_size``, ``--spacing``, ``--sigma`` reach it as they reach training.
 
-    Several coarse files (folds) or ``mirror_axes`` make the coarse pass an ensemble too. The coarse network
-    always runs in float32 (scripts.precision says why).
+    ``patch_size`` (voxels), ``spacing`` (mm) and ``sigma`` (voxels, one value or per axis) are the fine stage's;
+    ``coarse_*`` the coarse stage's. The coarse network is built from ``coarse_network_def`` with the weights of
+    ``coarse_model_files`` (several: folds, averaged); missing files fall back to a full sliding window at fine
+    resolution (logged). ``tta`` (a switch: bool or 'true'/'false') mirrors the coarse pass on ``mirror_axes``
+    too. ``search_radius_mm``: where the fine peak is searched around the coarse position (mm; None: the margin).
+    The coarse network always runs in float32 (scripts.precision says why).
     """
-    cascade = plans.get("cascade")
-    common = {"sw_batch_size": plans["sw_batch_size"], "overlap": plans["sw_overlap"]}
-    if not cascade or stage == "coarse":
-        return SlidingWindowInferer(plans["patch_size"], mode="gaussian", **common)
-    coarse = None
+    from scripts.cli_args import parse_switch
+
     present = [path for path in coarse_model_files if os.path.exists(path)]
+    coarse = None
     if coarse_network_def is not None and present:
         from scripts.ensemble import build_network
 
-        coarse = build_network(coarse_network_def, present, plans["landmark_names"], left_right_pairs, mirror_axes, device)
+        axes = list(mirror_axes) if parse_switch(tta, "tta") else []
+        coarse = build_network(coarse_network_def, present, landmark_names, left_right_pairs, axes, device)
     else:
         logger.warning("cascade planned but %s is missing: full sliding window at fine resolution (slow)", ", ".join(coarse_model_files))
-    search_mm = cascade.get("fine_search_radius_mm")
-    search_radius = search_mm / min(plans["spacing"]) if search_mm else None
-    return CascadeInferer(coarse, plans["spacing"], cascade["coarse_spacing"], cascade["coarse_patch_size"], plans["patch_size"],
-                          plans["sigma_voxels"], search_radius=search_radius, **common)
+    search_radius = None if not search_radius_mm else [float(search_radius_mm) / s for s in spacing]
+    return CascadeInferer(coarse, spacing, coarse_spacing, coarse_patch_size, patch_size, sigma, sw_batch_size=sw_batch_size,
+                          overlap=overlap, search_radius=search_radius)

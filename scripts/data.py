@@ -8,23 +8,26 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from monai.data import Dataset
 
-from scripts.errors import LandmarkDataError, exits_on_data_error
+from scripts.cli_args import parse_switch, path_argument
+from scripts.errors import LandmarkConfigError, LandmarkDataError, bundle_error_in, combined_error
 from scripts.image_io import check_image_data, read_image_header
-from scripts.landmark_io import landmarks_to_array, load_datalist, world_to_voxel
+from scripts.landmark_io import landmarks_to_array, load_datalist, outside_image
+from scripts.landmark_names import unknown_message
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+VOLUME_SUFFIXES = IMAGE_SUFFIXES[:-1]  # one file, one scan (DICOM slices make a scan per folder)
 
 
 def image_stem(path: str | Sequence[str], root: str | None = None) -> str:
     """Output name for an input image: its path relative to root (folder structure kept), suffix dropped."""
     path = str(path[0] if isinstance(path, (list, tuple)) else path)
+    path = path.rstrip("/") or path
     rel = os.path.relpath(path, root) if root else os.path.basename(path)
-    if rel.startswith(".."):
-        rel = os.path.basename(path)
+    if rel.startswith("..") or rel == ".":  # outside root, or root itself (a DICOM series folder given as --input)
+        rel = os.path.basename(os.path.abspath(path))
     for suffix in IMAGE_SUFFIXES:
         if rel.lower().endswith(suffix):
             return rel[: -len(suffix)]
@@ -35,32 +38,57 @@ def _with_stems(entries: list[dict], root: str) -> list[dict]:
     return [{**entry, "stem": image_stem(entry["image"], root)} for entry in entries]
 
 
-@exits_on_data_error
-def select_cases(datalist_file: str, section: str, fold: int | None = None, folds: Sequence[dict] | None = None) -> list[dict]:
+def select_cases(datalist_file: str, section: str, fold: int | None = None, folds: Sequence[dict] | None = None,
+                 landmark_names: Sequence[str] | None = None, landmark_descriptions: dict | None = None) -> list[dict]:
     """Entries of one datalist section; with a fold, the planner's split of "training" decides.
 
     ``section`` "training"/"validation": without folds these are the datalist's own sections.
+    ``landmark_names``/``landmark_descriptions``: the model's (plans'), to which every point is matched
+    (scripts.landmark_names); a point that matches none stops the run with its file and name.
+    A datalist with training cases only (as nnU-Net datasets come) takes fold 0 of the planned split
+    instead; with no split planned (one training case) validation is that training case itself, and says so.
     """
-    datalist = load_datalist(datalist_file)
+    datalist_file = path_argument(datalist_file, "datalist")
+    datalist = load_datalist(datalist_file, landmark_names, landmark_descriptions)
     root = str(Path(datalist_file).resolve().parent)
+    if (fold is None or fold < 0) and section in ("training", "validation") and not datalist.section("validation"):
+        training = datalist.section("training")
+        if folds:
+            fold = 0
+            _note_once(f"{datalist_file}: no validation cases: validating on fold 0 of the planned split "
+                       f"({len(folds[0]['val'])} case(s)), training on its other {len(folds[0]['train'])}")
+        elif section == "validation" and training:
+            _note_once(f"{datalist_file}: no validation cases and no fold split planned (one training case): "
+                       "validating on the training case itself (a measure of fit, not of generalisation)")
+            return _with_stems(training, root)
     if fold is not None and fold >= 0 and folds and section in ("training", "validation"):
         if fold >= len(folds):
-            raise SystemExit(f"error: {datalist_file}: fold {fold} requested but the plans have {len(folds)} folds")
+            raise LandmarkConfigError("--fold", f"fold {fold} requested but the plans have {len(folds)} folds ({datalist_file})")
         training = datalist.section("training")
         chosen = folds[fold]["train" if section == "training" else "val"]
         return _with_stems([training[i] for i in chosen], root)
     return _with_stems(datalist.section(section), root)
 
 
+_NOTED: set[str] = set()
+
+
+def _note_once(message: str) -> None:
+    """Print ``message`` once per process, on rank 0 only under torchrun."""
+    if message not in _NOTED and os.environ.get("RANK", "0") == "0":
+        print(message, flush=True)
+    _NOTED.add(message)
+
+
 def check_cases(entries: Sequence[dict], landmark_names: Sequence[str], what: str = "training") -> list[dict]:
     """Verify cases before a long run starts: readable 3D images with finite intensities, annotations
     inside their own images.
 
-    Reads every image once (the training cache reads them anyway) and exits with one line per problem
-    (all problems, not only the first), each naming the file.
+    Reads every image once (the training cache reads them anyway). Raises one LandmarkDataError holding every
+    problem (not only the first), each naming its file (scripts.errors.combined_error).
     """
     if not entries:
-        raise SystemExit(f"error: no {what} cases in the datalist")
+        raise LandmarkDataError("datalist", f"no {what} cases")
     problems = []
     for entry in entries:
         try:
@@ -68,32 +96,32 @@ def check_cases(entries: Sequence[dict], landmark_names: Sequence[str], what: st
             for image in images:
                 header = read_image_header(image)
                 check_image_data(image)
-            world = landmarks_to_array(entry.get("landmarks") or {}, landmark_names)
-            voxels = world_to_voxel(header.affine, world)
-            shape = np.asarray(header.shape)
-            outside = [
-                landmark_names[i]
-                for i in np.flatnonzero(np.all(np.isfinite(voxels), axis=1))
-                if np.any(voxels[i] < -0.5) or np.any(voxels[i] > shape - 0.5)
-            ]
+            given = entry.get("landmarks") or {}
+            unknown = [f"'{name}'" for name in given if name not in landmark_names]
+            if unknown:  # entries that did not come through select_cases(..., landmark_names): never drop a point
+                raise LandmarkDataError(images[0], "annotation " + unknown_message(unknown, "the model's landmark_names"))
+            world = landmarks_to_array(given, landmark_names)
+            outside = [name for name, out in zip(landmark_names, outside_image(header.affine, header.shape, world)) if out]
             if outside:
                 raise LandmarkDataError(images[0], f"annotated landmark(s) outside the image: {', '.join(outside)}")
         except LandmarkDataError as err:
-            problems.append(str(err))
+            problems.append(err)
     if problems:
-        raise SystemExit("\n".join(f"error: {p}" for p in problems))
+        raise combined_error(f"{what} cases", problems)
     return list(entries)
 
 
 OUTPUT_SUFFIXES = (".fcsv", ".mrk.json", ".json")  # .json is written last: its presence marks a finished case
 
 
-@exits_on_data_error
-def resolve_inputs(input_path: str, output_dir: str | None = None, overwrite: bool = True) -> list[dict]:
+def resolve_inputs(input_path: str, output_dir: str | None = None, overwrite=True) -> list[dict]:
     """``--input`` as a file, a folder (searched recursively for images) or a datalist (its testing cases).
 
     With ``overwrite`` false, cases whose outputs are all in ``output_dir`` already are skipped (a rerun
-    after an interruption only does what is left)."""
+    after an interruption only does what is left; a switch: bool or 'true'/'false'). Numbers python-fire made
+    of path arguments are taken back as typed (scripts.cli_args)."""
+    input_path, output_dir = path_argument(input_path, "input"), path_argument(output_dir, "output_dir")
+    overwrite = parse_switch(overwrite, "overwrite")
     cases = _resolve_inputs(input_path, output_dir)
     if output_dir:
         _check_writable(output_dir)
@@ -114,27 +142,51 @@ def _check_writable(folder: str) -> None:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_test_"):
             pass
     except OSError as error:
-        raise SystemExit(f"error: {folder}: cannot write the outputs here ({error.strerror or error})") from None
+        raise LandmarkConfigError(folder, f"cannot write the outputs here ({error.strerror or error})") from None
 
 
 def _resolve_inputs(input_path: str, output_dir: str | None) -> list[dict]:
     path = Path(input_path)
     if not path.exists():
-        raise SystemExit(f"error: {input_path}: no such file or folder")
+        raise LandmarkDataError(input_path, "no such file or folder")
     if path.is_dir():
-        files = sorted(
-            str(p) for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES) and not _inside(p, output_dir)
-        )
+        files = scans_in_folder(path, output_dir)
         if not files:
-            raise SystemExit(f"error: {input_path}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
+            raise LandmarkDataError(input_path, f"no images found (looked for {', '.join(IMAGE_SUFFIXES)} and DICOM series folders)")
         return [{"image": f, "stem": image_stem(f, str(path))} for f in files]
     if path.name.lower().endswith(".json"):
         datalist = load_datalist(str(path))
-        entries = datalist.section("testing")
+        # ground truth is never an input (DESIGN §2): inference does not read it, so it cannot stop a case
+        entries = [{k: v for k, v in entry.items() if k != "landmarks"} for entry in datalist.section("testing")]
         if not entries:
-            raise SystemExit(f"error: {input_path}: the datalist has no testing cases")
+            raise LandmarkDataError(input_path, "the datalist has no testing cases")
         return _with_stems(entries, str(path.resolve().parent))
     return [{"image": str(path), "stem": image_stem(str(path))}]
+
+
+def _may_be_dicom(name: str) -> bool:
+    """A .dcm/.ima file, or a name without a suffix or with a numeric one (IM0001, 1.2.840.113619.2.55.3)."""
+    lower = name.lower()
+    suffix = lower.rsplit(".", 1)[-1] if "." in lower else ""
+    return lower.endswith((".dcm", ".dicom", ".ima")) or suffix == "" or suffix.isdigit()
+
+
+def scans_in_folder(folder, output_dir: str | None = None) -> list[str]:
+    """The scans under ``folder``, sorted: every image file (NIfTI, NRRD, MHA), and every folder holding
+    DICOM slices as ONE scan (a series is one case, never one case per slice; a folder of several series
+    becomes one case that the reader policy refuses with one line). ``output_dir`` is skipped."""
+    import SimpleITK as sitk
+
+    scans = []
+    for directory, subdirs, names in os.walk(folder):
+        subdirs[:] = sorted(d for d in subdirs if not _inside(Path(directory) / d / "x", output_dir) and not d.startswith("."))
+        names = sorted(n for n in names if not n.startswith("."))
+        candidates = [n for n in names if _may_be_dicom(n)]
+        if any(n.lower().endswith(".dcm") for n in candidates) or (
+                candidates and sitk.ImageSeriesReader.GetGDCMSeriesIDs(directory)):
+            scans.append(directory)
+        scans += [os.path.join(directory, n) for n in names if n.lower().endswith(VOLUME_SUFFIXES)]
+    return sorted(scans)
 
 
 def _inside(path: Path, folder: str | None) -> bool:
@@ -157,13 +209,12 @@ class ReportingDataset(Dataset):
 
 
 def _one_line(entry: dict, err: Exception) -> str:
+    ours = bundle_error_in(err)  # MONAI's transforms wrap it in RuntimeError chains
+    if ours is not None:
+        return str(ours)
     cause = err
     while getattr(cause, "__cause__", None) is not None or getattr(cause, "__context__", None) is not None:
-        if isinstance(cause, LandmarkDataError):
-            break
         cause = cause.__cause__ or cause.__context__
-    if isinstance(cause, LandmarkDataError):
-        return str(cause)
     message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
     return f"{entry.get('image')}: cannot load ({message[:200]})"
 

@@ -22,6 +22,9 @@ from ignite.engine import Events
 from monai.engines import SupervisedEvaluator
 from monai.handlers import CheckpointSaver
 
+from scripts.errors import LandmarkConfigError, LandmarkDataError, LandmarkError
+
+
 logger = logging.getLogger(__name__)
 
 
@@ -38,30 +41,6 @@ def skip_exit_garbage_collection() -> None:
         gc.freeze()
 
 
-class MaskedHeatmapMSELoss(torch.nn.Module):
-    """Mean squared error over the channels annotated in each case (mask 1); unannotated ones add nothing.
-
-    ``foreground_weight`` w weighs each voxel by ``1 + w * target``: a Gaussian covers well under 1% of a
-    patch, and plain MSE (w = 0, nnLandmark's loss) spends a short CPU schedule learning the background.
-    """
-
-    def __init__(self, foreground_weight: float = 0.0):
-        super().__init__()
-        self.foreground_weight = float(foreground_weight)
-
-    def forward(self, pred: torch.Tensor, target) -> torch.Tensor:
-        if isinstance(target, dict):
-            label, mask = target["label"], target["mask"]
-        else:
-            label, mask = target, torch.ones(pred.shape[:2], device=pred.device)
-        squared = (pred - label) ** 2
-        if self.foreground_weight:
-            squared = squared * (1.0 + self.foreground_weight * label)
-        per_channel = squared.flatten(2).mean(dim=2)
-        mask = mask.to(per_channel)
-        return (per_channel * mask).sum() / mask.sum().clamp(min=1.0)
-
-
 def prepare_landmark_batch(batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
     """(image, {"label", "mask"}) for the trainer; the evaluator uses MONAI's default."""
     image = batchdata["image"].to(device=device, non_blocking=non_blocking, **kwargs)
@@ -72,22 +51,55 @@ def prepare_landmark_batch(batchdata: dict, device=None, non_blocking: bool = Fa
     return image, target
 
 
-INFERENCE_ONLY_KEYS = ("sw_overlap", "sw_batch_size", "tta_mirror_axes", "fine_search_radius_mm")
+def _normalization_parameters(preprocessing) -> list:
+    """(name, settings) of each intensity normalisation step in ``preprocessing`` (a Compose or a list of transforms):
+    MONAI's NormalizeIntensity* / ScaleIntensity* (the deterministic ones the planner writes), with their numbers."""
+    from monai.transforms import Compose, Transform
+
+    steps = preprocessing.transforms if isinstance(preprocessing, Compose) else list(preprocessing or [])
+    found = []
+    for step in steps:
+        name = type(step).__name__
+        if not name.startswith(("NormalizeIntensity", "ScaleIntensity")):
+            continue
+        inner = next((v for v in vars(step).values() if isinstance(v, Transform)), step)  # the array transform it wraps
+        settings = {k: v for k, v in sorted(vars(inner).items()) if isinstance(v, (bool, int, float, str)) or v is None}
+        found.append([name, settings])
+    return found
 
 
-def plans_hash(plans_file: str) -> str:
-    """Hash of the planned configuration a model was trained with (not the fingerprint, not inference-only choices)."""
-    with open(plans_file) as f:
-        configuration = {k: v for k, v in json.load(f)["configuration"].items() if k not in INFERENCE_ONLY_KEYS}
-    if configuration.get("cascade"):
-        configuration["cascade"] = {k: v for k, v in configuration["cascade"].items() if k not in INFERENCE_ONLY_KEYS}
-    return hashlib.sha256(json.dumps(configuration, sort_keys=True).encode()).hexdigest()[:16]
+def weights_hash(network: torch.nn.Module, spacing: Sequence[float], sigma, preprocessing=None) -> str:
+    """What a network's weights mean, as a 16-hex-digit hash: the architecture (DynUNet kernel sizes, strides, filters,
+    input and output channels; other networks: their state-dict shapes), the voxel spacing in mm the input is
+    resampled to, the heatmap sigma in voxels (per axis) and the intensity normalisation (``preprocessing``'s
+    NormalizeIntensity*/ScaleIntensity* steps with their numbers).
+
+    The configs pass their own ids (``@network_def``, ``@spacing``, ``@sigma``, the preprocessing), so an override
+    on the command line (``--spacing``, ``--sigma``, ``--network_def#filters``...) changes the hash as it changes what
+    the weights mean. Patch size, batch, schedule, augmentation and every inference-only choice (overlap, TTA, search
+    radius) are left out: weights trained with other values of those mean the same."""
+    inner = getattr(network, "net", network)
+    if all(hasattr(inner, key) for key in ("kernel_size", "strides", "filters")):
+        architecture = {"network": type(network).__name__, "in_channels": int(inner.in_channels), "out_channels": int(inner.out_channels),
+                        "kernel_size": [list(map(int, k)) for k in inner.kernel_size], "strides": [list(map(int, s)) for s in inner.strides],
+                        "filters": [int(f) for f in inner.filters]}
+    else:
+        architecture = {"network": type(network).__name__, "shapes": {k: list(v.shape) for k, v in network.state_dict().items()}}
+    sigma = [float(s) for s in (sigma if isinstance(sigma, Sequence) else [sigma] * len(spacing))]
+    identity = {"architecture": architecture, "spacing_mm": [round(float(s), 6) for s in spacing], "sigma_voxels": [round(s, 6) for s in sigma],
+                "normalization": _normalization_parameters(preprocessing)}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class LandmarkCheckpointInfo:
-    """Stored beside the weights so a checkpoint knows which landmarks its channels are.
+    """The identity of a network's weights: which landmarks its channels are, and the hash of what the weights mean
+    (:func:`weights_hash`); ``pretrained_from`` names the model file fine-tuning started from.
 
-    Loading a checkpoint whose names differ from the config's is an error, never a silent mix-up.
+    Two uses: in a full training state (``landmark_info`` beside model, optimizer, trainer) it is saved and checked on
+    resume; attached to the validation evaluator after MONAI's CheckpointSaver (which writes ``source``, the weights
+    file, as a plain state dict), it writes the sidecar ``<source stem>.json`` beside each new weights file
+    (scripts.model_files). Loading weights whose names differ from the config's is an error (LandmarkConfigError),
+    never a silent mix-up; another hash only warns.
     """
 
     def __init__(self, landmark_names: Sequence[str], plans_hash: str = "", source: str = "checkpoint", pretrained_from: str | None = None):
@@ -108,9 +120,25 @@ class LandmarkCheckpointInfo:
             missing = [n for n in self.landmark_names if n not in names]
             extra = [n for n in names if n not in self.landmark_names]
             detail = f"missing {missing}, unexpected {extra}" if (missing or extra) else "same names in another order"
-            raise SystemExit(f"error: {self.source}: checkpoint landmarks do not match the config ({detail})")
+            raise LandmarkConfigError(self.source, f"checkpoint landmarks do not match the config ({detail})")
         if state.get("plans_hash") and self.plans_hash and state["plans_hash"] != self.plans_hash:
-            logger.warning("%s: trained with other plans (%s) than configs/plans.json (%s)", self.source, state["plans_hash"], self.plans_hash)
+            logger.warning("%s: trained with other plans (hash %s) than the config's spacing, sigma, network and normalisation (%s)",
+                           self.source, state["plans_hash"], self.plans_hash)
+
+    def attach(self, engine) -> None:
+        """Write the sidecar after each epoch of ``engine`` whose CheckpointSaver (attached before) wrote ``source``."""
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write_sidecar)
+
+    def write_sidecar(self, engine=None) -> None:
+        """``source``'s sidecar, when ``source`` exists and its sidecar is missing, older or different (rank 0 only)."""
+        from scripts.model_files import read_sidecar, sidecar_path, write_sidecar
+
+        if not os.path.isfile(self.source) or (torch.distributed.is_initialized() and torch.distributed.get_rank() > 0):
+            return
+        sidecar = sidecar_path(self.source)
+        current = os.path.isfile(sidecar) and os.path.getmtime(sidecar) >= os.path.getmtime(self.source)
+        if not (current and read_sidecar(self.source) == self.state_dict()):
+            write_sidecar(self.source, self.state_dict())
 
 
 def latest_checkpoint(ckpt_dir: str, prefix: str = "") -> str | None:
@@ -144,12 +172,12 @@ class ResumeTraining:
 
         try:
             CheckpointLoader(load_path=path, load_dict={**self.load_dict, "trainer": engine}, map_location="cpu")(engine)
-        except SystemExit:
+        except LandmarkError:
             raise
         except Exception as error:  # truncated file, another network, another optimizer: never start over silently
             reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
-            raise SystemExit(f"error: {path}: cannot resume from this training state ({reason}); "
-                             "move it away to start over, or set --resume false") from None
+            raise LandmarkDataError(path, f"cannot resume from this training state ({reason}); "
+                                    "move it away to start over, or set --resume false") from None
         logger.info("resumed from %s at epoch %d", path, engine.state.epoch)
         if engine.state.epoch >= engine.state.max_epochs:
             logger.info("training already complete (%d epochs)", engine.state.max_epochs)
@@ -196,7 +224,10 @@ def _scalar(value) -> float:
 
 
 class EpochProgress:
-    """A progress bar over each epoch's iterations and one log line per epoch (loss, lr, time)."""
+    """A progress bar over each epoch's iterations and one log line per epoch (loss, lr, time).
+
+    Each epoch's mean loss and the learning rate it trained with also go into the trainer's ``state.metrics`` as
+    ``train_loss`` and ``lr``, where scripts.curves (TensorBoard, the PNG) reads them."""
 
     def __init__(self, show_bar: bool | None = None):
         self.show_bar = sys.stderr.isatty() if show_bar is None else show_bar
@@ -207,14 +238,19 @@ class EpochProgress:
             from ignite.handlers import ProgressBar
 
             ProgressBar(persist=False, ncols=100).attach(engine, output_transform=lambda out: {"loss": _scalar(out["loss"])})
-        engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self.losses.clear())
+        engine.add_event_handler(Events.EPOCH_STARTED, self.start_epoch)
         engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: self.losses.append(_scalar(e.state.output["loss"])))
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.log_epoch)
         engine.add_event_handler(Events.COMPLETED, self.log_summary)
 
+    def start_epoch(self, engine) -> None:
+        self.losses.clear()
+        self.lr = engine.optimizer.param_groups[0]["lr"] if hasattr(engine, "optimizer") else float("nan")  # before the scheduler steps
+
     def log_epoch(self, engine) -> None:
-        lr = engine.optimizer.param_groups[0]["lr"] if hasattr(engine, "optimizer") else float("nan")
+        lr = getattr(self, "lr", float("nan"))
         mean = sum(self.losses) / max(len(self.losses), 1)
+        engine.state.metrics.update(train_loss=mean, lr=lr)
         seconds = engine.state.times.get("EPOCH_COMPLETED") or 0.0
         logger.info("epoch %d/%d: loss %.6f, lr %.2e, %.1f s", engine.state.epoch, engine.state.max_epochs, mean, lr, seconds)
 

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 import torch
 
-from scripts.errors import exits_on_data_error
 from scripts.heatmaps import pair_permutation
-from scripts.model_files import load_member
+from scripts.model_files import check_member, load_member, loads_through_checkpoint_loader
+from scripts.cli_args import parse_switch  # noqa: F401 - the switches' home; kept importable from here
 from scripts.precision import ReducedPrecisionHeatmapNet, inference_dtype, with_precision
 
 logger = logging.getLogger(__name__)
@@ -59,26 +59,24 @@ class HeatmapEnsemble(torch.nn.Module):
         return heatmaps
 
 
-def parse_switch(value, name: str) -> bool:
-    """A config switch given as a bool or, from the command line, as text (fire passes ``--tta false`` as 'false')."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off", "none", ""):
-        return False
-    raise SystemExit(f"error: --{name} {value!r}: use true or false")
-
-
-@exits_on_data_error
 def build_network(network_def: torch.nn.Module, model_files: Sequence[str], landmark_names: Sequence[str],
                   left_right_pairs: Sequence[Sequence[int]] = (), mirror_axes: Sequence[int] = (), device=None,
-                  plans_hash: str = "", precision: str = "float32") -> torch.nn.Module:
+                  plans_hash: str = "", precision: str = "float32", tta=True, checkpoint_loader: bool = False) -> torch.nn.Module:
     """The inference network: one model file as is, several (folds) or mirror TTA as a HeatmapEnsemble;
-    ``precision`` (auto | float32 | bfloat16, scripts.precision) sets the members' convolution dtype."""
+    ``precision`` (auto | float32 | bfloat16, scripts.precision) sets the members' convolution dtype; ``tta``
+    (a switch: bool or 'true'/'false' from the command line) mirrors on ``mirror_axes`` when on.
+
+    ``checkpoint_loader``: when one weights file is used (see ``loads_through_checkpoint_loader``), its member is
+    ``network_def`` itself with its identity checked but no weights loaded: the config's MONAI CheckpointLoader
+    handler loads them into ``network_def`` when the engine starts. An ensemble loads its members here (each is a
+    copy of ``network_def`` with its own file's weights, which one CheckpointLoader cannot express)."""
     dtype = inference_dtype(precision, device)
-    members = [with_precision(load_member(network_def, path, landmark_names, plans_hash), dtype) for path in model_files]
+    mirror_axes = list(mirror_axes) if parse_switch(tta, "tta") else []
+    if checkpoint_loader and loads_through_checkpoint_loader(model_files):
+        check_member(model_files[0], landmark_names, plans_hash)
+        members = [with_precision(network_def, dtype)]
+    else:
+        members = [with_precision(load_member(network_def, path, landmark_names, plans_hash), dtype) for path in model_files]
     if len(members) == 1 and not mirror_axes:
         network = members[0]
     else:

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 from ignite.engine import Events
 
-from scripts.landmark_io import atomic_write_text
+from scripts.cli_args import path_argument
+from scripts.atomic import atomic_write_text
 from scripts.metrics import _to_numpy, case_items, per_landmark_summary, radial_errors, summarize_errors
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ class LandmarkEvaluationReport:
     """
 
     def __init__(self, output_dir: str, landmark_names: Sequence[str]):
-        self.output_dir = output_dir
+        self.output_dir = path_argument(output_dir, "output_dir")
         self.landmark_names = list(landmark_names)
         self.cases: list[dict] = []
 

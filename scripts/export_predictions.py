@@ -19,8 +19,8 @@ import json
 import sys
 from pathlib import Path
 
-from scripts.errors import LandmarkDataError
-from scripts.landmark_io import atomic_write_text
+from scripts.errors import LandmarkDataError, cli_main
+from scripts.atomic import atomic_write_text
 
 
 def prediction_records(folder: Path) -> dict[str, dict]:
@@ -60,6 +60,7 @@ def export_labelmaps(records: dict[str, dict], output: Path, radius_mm: float) -
     atomic_write_text(output / "labels.json", json.dumps({"labels": labels}, indent=2) + "\n")
 
 
+@cli_main
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.export_predictions", description=__doc__.split("\n\n")[0])
     parser.add_argument("predictions", type=Path)
@@ -67,14 +68,11 @@ def main(argv=None) -> int:
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--radius_mm", type=float, default=2.0)
     args = parser.parse_args(argv)
-    try:
-        records = prediction_records(args.predictions)
-        if args.format == "nnlandmark":
-            export_nnlandmark(records, args.output)
-        else:
-            export_labelmaps(records, args.output, args.radius_mm)
-    except LandmarkDataError as error:
-        raise SystemExit(f"error: {error}") from None
+    records = prediction_records(args.predictions)
+    if args.format == "nnlandmark":
+        export_nnlandmark(records, args.output)
+    else:
+        export_labelmaps(records, args.output, args.radius_mm)
     print(f"exported {len(records)} case(s) to {args.output} ({args.format})")
     return 0
 

@@ -12,7 +12,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from monai.transforms import Transform
 
-from scripts.landmark_io import atomic_write_bytes, voxel_spacing
+from scripts.cli_args import path_argument
+from scripts.atomic import atomic_write_bytes
+from scripts.landmark_io import voxel_spacing
 from scripts.outputs import case_outputs_or_nothing
 from scripts.transforms import affine_of
 
@@ -121,7 +123,7 @@ class WriteLandmarkFigured(Transform):
     It runs first so that ``<stem>.json``, which marks a finished case, is the case's last file."""
 
     def __init__(self, output_dir: str, landmark_names: Sequence[str], enabled: bool = True):
-        self.output_dir = output_dir
+        self.output_dir = path_argument(output_dir, "output_dir")
         self.landmark_names = list(landmark_names)
         self.enabled = enabled
 

@@ -9,18 +9,20 @@ whole-head inference on 2 cores).
 
 from __future__ import annotations
 
+import logging
 import os
 import zlib
 from dataclasses import dataclass
 
 import nibabel as nib
 import numpy as np
+import monai.transforms
 import SimpleITK as sitk
 from monai.data.image_reader import ImageReader, _copy_compatible_dict, _stack_images
 from monai.data.utils import orientation_ras_lps
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
-from scripts.errors import LandmarkDataError
+from scripts.errors import GeometryError, LandmarkDataError
 
 
 
@@ -53,32 +55,190 @@ def _short_sitk_message(error: Exception) -> str:
     return message if len(message) <= 200 else message[:197] + "..."
 
 
+# ----------------------------------------------------------------------------- the reader policy
+#
+# Every command (check, planning, training, inference, MONAI Label) reads images through the functions
+# below, so one file is either read the same way everywhere or refused with the same line everywhere:
+# - NIfTI/NRRD/MHA files through ITK, whose voxel -> world rule is 3D Slicer's. A NIfTI whose sform is
+#   sheared and that has no valid qform is refused (GeometryError): ITK and Slicer cannot read it and
+#   MONAI's other readers would each pick another world. When qform and sform disagree, ITK's choice
+#   is used and the disagreement reported (header_notes: a warning in check, a log line at inference).
+# - A folder is one DICOM series: exactly one series, slices with one orientation, stacked along their
+#   normal at one spacing (Slicer's tolerance); missing, doubled, uneven or tilted slices are refused.
+# - A single slice (an axis of size 1) is not a 3D scan and is refused.
+
+SLICE_SPACING_TOLERANCE_MM = 0.01  # 3D Slicer's DICOMScalarVolumePlugin accepts spacing differences up to 0.01 mm
+SLICE_SPACING_TOLERANCE_RELATIVE = 0.01  # ... or 1% of the spacing, for positions written with few decimals
+QFORM_SFORM_TOLERANCE_MM = 0.1  # qform/sform whose worlds differ by more than this at any image corner are reported
+DICOM_MODALITY_TAG = "0008|0060"
+
+
 def _dicom_series_files(folder: str) -> list[str]:
+    """The slice files of the one DICOM series in ``folder``, in GDCM's order (along the slice normal)."""
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
     if not series:
         raise LandmarkDataError(folder, "no DICOM series found in folder")
     if len(series) > 1:
         # MONAI's ITKReader would silently take one of them; refuse the ambiguity instead.
-        raise LandmarkDataError(folder, f"folder holds {len(series)} DICOM series; give one series per folder")
+        raise GeometryError(folder, f"folder holds {len(series)} DICOM series; give one series per folder")
     return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, series[0]))
 
 
-def _read_image(path: str) -> sitk.Image:
-    """The image of a file, or of the one DICOM series in a folder."""
-    return sitk.ReadImage(_dicom_series_files(path) if os.path.isdir(path) else path)
+def _numbers(text: str) -> np.ndarray:
+    return np.asarray([float(v) for v in text.strip().split("\\")], dtype=np.float64)
+
+
+def _check_dicom_slices(folder: str, files: list[str]) -> tuple[list[str], dict[str, str]]:
+    """GeometryError unless the slices share one orientation and lie along its normal at one spacing.
+
+    ITK stacks whatever slices it is given at the spacing of the first two and only prints a warning
+    ("Non uniform sampling or missing slices detected"), so a series with 8 missing slices reads about
+    5 mm off with no error. Returns the files sorted along the slice normal and the first slice's
+    modality tag ({} when absent)."""
+    reader = sitk.ImageFileReader()
+    positions, orientations, first = [], [], {}
+    for index, name in enumerate(files):
+        reader.SetFileName(name)
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as error:
+            raise LandmarkDataError(name, f"cannot read DICOM slice: {_short_sitk_message(error)}") from None
+        if index == 0 and reader.HasMetaDataKey(DICOM_MODALITY_TAG):
+            first[DICOM_MODALITY_TAG] = reader.GetMetaData(DICOM_MODALITY_TAG)
+        if len(files) == 1:
+            return files, first  # one file: a multi-frame image, its geometry is the file's own
+        if not (reader.HasMetaDataKey("0020|0032") and reader.HasMetaDataKey("0020|0037")):
+            raise GeometryError(name, "DICOM slice without ImagePositionPatient/ImageOrientationPatient: "
+                                      f"the slices of {folder} cannot be placed in space")
+        positions.append(_numbers(reader.GetMetaData("0020|0032")))
+        orientations.append(_numbers(reader.GetMetaData("0020|0037")))
+    orientations = np.asarray(orientations)
+    if np.abs(orientations - orientations[0]).max() > 1e-4:
+        odd = int(np.argmax(np.abs(orientations - orientations[0]).max(axis=1)))
+        raise GeometryError(folder, f"slices have different orientations ({os.path.basename(files[odd])} differs from "
+                                    f"{os.path.basename(files[0])}): not one 3D volume")
+    normal = np.cross(orientations[0][:3], orientations[0][3:])
+    order = np.argsort(np.asarray(positions) @ normal, kind="stable")  # GDCM keeps file order when positions repeat
+    files = [files[i] for i in order]
+    steps = np.diff(np.asarray(positions)[order], axis=0)
+    gaps = steps @ normal
+    if np.any(np.abs(gaps) < 1e-3):
+        at = int(np.argmin(np.abs(gaps)))
+        raise GeometryError(folder, f"two slices at the same position ({os.path.basename(files[at])}, "
+                                    f"{os.path.basename(files[at + 1])}): several acquisitions in one series?")
+    spacing = float(np.median(np.abs(gaps)))
+    tolerance = max(SLICE_SPACING_TOLERANCE_MM, SLICE_SPACING_TOLERANCE_RELATIVE * spacing)
+    uneven = np.flatnonzero(np.abs(np.abs(gaps) - spacing) > tolerance)
+    if uneven.size:
+        at = int(uneven[np.argmax(np.abs(np.abs(gaps[uneven]) - spacing))])
+        raise GeometryError(folder, f"slices not equally spaced: {abs(gaps[at]):.2f} mm gap after {os.path.basename(files[at])} "
+                                    f"where the spacing is {spacing:.2f} mm (missing slices?); {len(uneven)} uneven gap(s)")
+    tilt = np.degrees(np.arccos(np.clip(np.abs(gaps) / np.linalg.norm(steps, axis=1), -1.0, 1.0))).max()
+    if tilt > 0.5:
+        raise GeometryError(folder, f"slices shifted in-plane along the stack (gantry tilt of {tilt:.1f} degrees): "
+                                    "resample it to a rectilinear grid first")
+    return files, first
+
+
+def _check_not_a_slice(path: str, size) -> None:
+    if len(size) >= 3 and min(size[:3]) < 2:
+        hint = " (one slice of a DICOM series? give its folder)" if path.lower().endswith(".dcm") else ""
+        raise GeometryError(path, f"a single slice of size {list(size)}: expected a 3D scan{hint}")
+
+
+def _policy_error(path: str, error: RuntimeError, what: str = "cannot read image") -> LandmarkDataError:
+    message = _short_sitk_message(error)
+    if "orthonormal" in message:
+        return GeometryError(path, f"{what}: sheared voxel axes in the sform and no valid qform ({message}); ITK and 3D Slicer "
+                                   "refuse it too: resample it onto a rectilinear grid first")
+    return LandmarkDataError(path, f"{what}: {message}")
+
+
+class _QuietITK:
+    """Silence ITK's raw stderr warnings while reading: what they say the policy reports as one line."""
+
+    def __enter__(self):
+        self.shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)
+
+    def __exit__(self, *exc):
+        sitk.ProcessObject.SetGlobalWarningDisplay(self.shown)
+
+
+def read_image(path) -> sitk.Image:
+    """The pixels of an image file, or of the one DICOM series in a folder, under the reader policy.
+
+    Raises LandmarkDataError (file missing or unreadable) or GeometryError (sheared affine, several
+    series, uneven or missing slices, a single slice). A DICOM series carries its first slice's
+    modality tag (0008|0060) as metadata."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise LandmarkDataError(path, "image file not found")
+    with _QuietITK():
+        try:
+            if os.path.isdir(path):
+                files, tags = _check_dicom_slices(path, _dicom_series_files(path))
+                image = sitk.ReadImage(files)
+                for key, value in tags.items():
+                    image.SetMetaData(key, value)
+            else:
+                image = sitk.ReadImage(path)
+        except RuntimeError as error:
+            raise _policy_error(path, error) from None
+    _check_not_a_slice(path, image.GetSize())
+    return image
 
 
 def _open(path: str):
     """A SimpleITK object holding the geometry: the header reader of a file, the loaded series of a DICOM folder."""
+    if os.path.isdir(path):
+        return read_image(path)
+    with _QuietITK():
+        try:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(path)
+            reader.ReadImageInformation()
+        except RuntimeError as error:
+            raise _policy_error(path, error) from None
+    return reader
+
+
+def header_notes(path) -> list[str]:
+    """Unusual but readable headers, one sentence each (empty for most files): a NIfTI whose qform and sform
+    disagree, read with ITK's choice. ``scripts.check`` prints them as warnings, inference logs them."""
+    path = str(path)
+    if not path.lower().endswith((".nii", ".nii.gz")) or not os.path.isfile(path):
+        return []
     try:
-        if os.path.isdir(path):
-            return _read_image(path)
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(path)
-        reader.ReadImageInformation()
-        return reader
-    except RuntimeError as error:
-        raise LandmarkDataError(path, f"cannot read image: {_short_sitk_message(error)}") from None
+        header = nib.load(path).header
+        itk = read_image_header(path).affine
+    except (LandmarkDataError, OSError, ValueError, EOFError, zlib.error):
+        return []
+    qform_code, sform_code = int(header["qform_code"]), int(header["sform_code"])
+    if not (qform_code > 0 and sform_code > 0):
+        return []
+    shape = np.asarray(header.get_data_shape()[:3], dtype=np.float64)
+    corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)])
+
+    def distance(affine) -> float:
+        return float(np.linalg.norm((corners @ np.asarray(affine).T - corners @ itk.T)[:, :3], axis=1).max())
+
+    to_qform, to_sform = distance(header.get_qform()), distance(header.get_sform())
+    apart = float(np.linalg.norm((corners @ header.get_qform().T - corners @ header.get_sform().T)[:, :3], axis=1).max())
+    if apart <= QFORM_SFORM_TOLERANCE_MM:
+        return []
+    used = "qform" if to_qform <= to_sform else "sform"
+    other = "sform" if used == "qform" else "qform"
+    sheared = " (the sform is sheared)" if used == "qform" and not _rigid_and_scaled(header.get_sform()) else ""
+    return [f"qform and sform disagree by up to {apart:.1f} mm{sheared}: read with the {used}, as ITK and 3D Slicer do; "
+            f"tools that use the {other} (FSL and nibabel prefer the sform) place this scan elsewhere"]
+
+
+def _rigid_and_scaled(affine) -> bool:
+    """True when the 3x3 part is a rotation times per-axis scaling (orthogonal columns)."""
+    columns = np.asarray(affine, dtype=np.float64)[:3, :3]
+    columns = columns / np.linalg.norm(columns, axis=0)
+    return bool(np.abs(columns.T @ columns - np.eye(3)).max() < 1e-4)
 
 
 def _components(source) -> int:
@@ -87,8 +247,11 @@ def _components(source) -> int:
     return source.GetNumberOfComponents()
 
 
-def read_image_header(path) -> ImageHeader:
-    """Shape, spacing and RAS affine of a 3D scalar image file or DICOM series folder, without its pixels."""
+def image_geometry(path):
+    """The grid of a 3D scalar image file or DICOM series folder under the reader policy: an object with
+    SimpleITK's ``GetSize()``, ``GetSpacing()`` (mm), ``GetOrigin()`` and ``GetDirection()`` (LPS, ITK's
+    convention), from the file's header alone (a DICOM series is loaded). Raises LandmarkDataError /
+    GeometryError with one line naming the file."""
     path = str(path)
     if not os.path.exists(path):
         raise LandmarkDataError(path, "image file not found")
@@ -98,12 +261,19 @@ def read_image_header(path) -> ImageHeader:
         raise LandmarkDataError(path, f"{dimension}D image of size {list(size)}: expected a 3D image")
     if components != 1:
         raise LandmarkDataError(path, f"multi-component (vector) image with {components} components: expected scalar")
+    _check_not_a_slice(path, size)
+    return source
+
+
+def read_image_header(path) -> ImageHeader:
+    """Shape, spacing and RAS affine of a 3D scalar image file or DICOM series folder, without its pixels."""
+    source = image_geometry(path)
     return ImageHeader(
-        path=path,
-        shape=tuple(int(n) for n in size),
+        path=str(path),
+        shape=tuple(int(n) for n in source.GetSize()),
         spacing=tuple(float(s) for s in source.GetSpacing()),
         affine=ras_affine(source.GetDirection(), source.GetSpacing(), source.GetOrigin()),
-        n_components=int(components),
+        n_components=int(_components(source)),
     )
 
 
@@ -132,7 +302,7 @@ def check_image_data(path) -> tuple[float, float]:
             raise LandmarkDataError(path, f"cannot read image: truncated or corrupt file ({message})") from None
     else:
         try:
-            array = sitk.GetArrayViewFromImage(_read_image(path))
+            array = sitk.GetArrayViewFromImage(read_image(path))
         except RuntimeError as error:
             raise LandmarkDataError(path, f"cannot read image data: {_short_sitk_message(error)}") from None
     check_finite(path, array)
@@ -180,7 +350,7 @@ class SimpleITKReader(ImageReader):
         return True  # whatever SimpleITK can read; it names the problem when it cannot
 
     def read(self, data, **kwargs):
-        images = [_read_image(str(path)) for path in ensure_tuple(data)]
+        images = [read_image(str(path)) for path in ensure_tuple(data)]
         return images if len(images) > 1 else images[0]
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:
@@ -202,3 +372,24 @@ class SimpleITKReader(ImageReader):
             header[MetaKeys.ORIGINAL_CHANNEL_DIM] = float("nan") if array.ndim == rank else -1
             _copy_compatible_dict(header, compatible)
         return _stack_images(arrays, compatible), compatible
+
+
+class LoadImaged(monai.transforms.LoadImaged):
+    """MONAI's LoadImaged through :class:`SimpleITKReader` only, the reader policy.
+
+    Given a reader, MONAI's LoadImage still falls back to its other readers when that one fails, so a
+    NIfTI that ITK refuses (sheared sform, no qform) was loaded by NibabelReader in a world of its own
+    choosing, with only an INFO line. Here the policy's one-line error (GeometryError/LandmarkDataError)
+    propagates instead, and headers the policy reads but finds unusual (header_notes) are logged."""
+
+    def __init__(self, keys, **kwargs):
+        kwargs.pop("reader", None)
+        super().__init__(keys, reader=SimpleITKReader(), **kwargs)
+        self.policy_reader = self._loader.readers[-1]
+
+    def __call__(self, data, reader=None):
+        for key in self.key_iterator(dict(data)):
+            for path in ensure_tuple(data[key]):
+                for note in header_notes(path):
+                    logging.getLogger("scripts.image_io").warning(f"{path}: {note}")
+        return super().__call__(data, reader=self.policy_reader)

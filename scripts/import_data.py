@@ -12,7 +12,12 @@
 - ``slicer``: a folder of scans with markups of the same stem beside them (.mrk.json or .fcsv), or in
   ``--markups``. Scans without markups become testing cases.
 - ``table``: a CSV with columns case, landmark, x, y, z (and optionally ``coordinates`` per row: RAS, LPS
-  or voxel), images found in ``--images`` by stem (the case column).
+  or voxel), images found in ``--images`` by stem (the case column). Read by scripts.tables: a UTF-8
+  byte-order mark, semicolon or tab delimiters and decimal commas (Excel) are fine; ``label`` may name the
+  landmark column and ``r,a,s`` (RAS) or ``l,p,s`` (LPS) the coordinates, as 3D Slicer exports them.
+- nnU-Net v1 (Medical Segmentation Decathlon) dataset.json maps ids to names (``{"0": "background", "1":
+  "AC"}``), v2 names to ids (``{"background": 0, "AC": 1}``): both are read. Malformed metadata
+  (dataset.json, all_landmarks_voxel.json, a table) stops with one line naming the file.
 
 World coordinates are RAS millimetres; image paths are written relative to the datalist's folder.
 Run ``python -m scripts.check DATALIST.json`` afterwards.
@@ -21,7 +26,6 @@ Run ``python -m scripts.check DATALIST.json`` afterwards.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import re
@@ -33,9 +37,12 @@ import nibabel as nib
 import numpy as np
 
 from scripts.data import IMAGE_SUFFIXES, image_stem
-from scripts.errors import LandmarkDataError
+from scripts.errors import LandmarkConfigError, LandmarkDataError, cli_main
 from scripts.image_io import read_image_header
-from scripts.landmark_io import atomic_write_text, voxel_to_world
+from scripts.atomic import atomic_write_text
+from scripts.landmark_io import voxel_to_world
+from scripts.landmark_names import LandmarkNames, Point
+from scripts.tables import coordinate_columns, read_table, read_text
 
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -71,10 +78,23 @@ def _cases_by_channel(folder: Path, file_ending: str) -> dict[str, list[Path]]:
     return {case: [p for _, p in sorted(files)] for case, files in sorted(cases.items())}
 
 
+def _voxel(voxel_file: Path, case: str, name: str, value) -> np.ndarray:
+    try:
+        voxel = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        voxel = np.empty(0)
+    if voxel.shape != (3,) or not np.isfinite(voxel).all():
+        raise LandmarkDataError(voxel_file, f"{case}/{name}: expected a voxel index [i, j, k], got {value!r}")
+    return voxel
+
+
 def blob_centres(label_file: Path, label_ids: dict[str, int]) -> dict[str, np.ndarray]:
     """World (RAS) centre of mass of each landmark's blob; landmarks without a blob are left out."""
     header = read_image_header(str(label_file))
-    labels = np.asarray(nib.load(str(label_file)).dataobj)
+    try:
+        labels = np.asarray(nib.load(str(label_file)).dataobj)
+    except Exception as error:  # nibabel raises several types for a corrupt file
+        raise LandmarkDataError(label_file, f"cannot read label map: {str(error).strip().splitlines()[0][:200]}") from None
     centres = {}
     for name, value in label_ids.items():
         voxels = np.argwhere(labels == value)
@@ -83,30 +103,79 @@ def blob_centres(label_file: Path, label_ids: dict[str, int]) -> dict[str, np.nd
     return centres
 
 
+def _json_file(path: Path, what: str):
+    """A JSON document, or LandmarkDataError naming the file (missing, unreadable, invalid JSON)."""
+    try:
+        return json.loads(read_text(path, what)[0])
+    except json.JSONDecodeError as error:
+        raise LandmarkDataError(path, f"invalid JSON: {error}") from None
+
+
+def _whole_number(value) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def label_ids(dataset_file: Path, labels) -> dict[str, int]:
+    """{landmark name: label value} from a dataset.json ``labels``, background left out.
+
+    nnU-Net v2 maps names to ids (``{"background": 0, "AC": 1}``), nnU-Net v1 / the Medical Segmentation
+    Decathlon ids to names (``{"0": "background", "1": "AC"}``); both are read. Region lists (v2's
+    ``"tumor": [1, 2]``) do not name one landmark and are refused. Raises LandmarkDataError(dataset_file)."""
+    if not isinstance(labels, dict) or not labels:
+        raise LandmarkDataError(dataset_file, "'labels' must be an object of landmark names and label values")
+    if all(_whole_number(v) is not None for v in labels.values()):  # v2: name -> id
+        pairs = {str(name): _whole_number(value) for name, value in labels.items()}
+    elif all(_whole_number(k) is not None and isinstance(v, str) for k, v in labels.items()):  # v1: id -> name
+        pairs = {name: _whole_number(key) for key, name in labels.items()}
+        if len(pairs) != len(labels):
+            raise LandmarkDataError(dataset_file, "'labels' (nnU-Net v1 form, id -> name) gives two ids the same name")
+    else:
+        bad = next(f"{k!r}: {v!r}" for k, v in labels.items() if _whole_number(v) is None)
+        raise LandmarkDataError(dataset_file, f"'labels' must map names to whole numbers (nnU-Net v2) or numbers to names "
+                                              f"(v1), got {bad}")
+    ids = {name: value for name, value in pairs.items() if value != 0}
+    if not ids:
+        raise LandmarkDataError(dataset_file, "'labels' names no landmark (only background)")
+    if len(set(ids.values())) != len(ids):
+        raise LandmarkDataError(dataset_file, "'labels' gives two landmarks the same label value")
+    return ids
+
+
 def import_nnlandmark(source: Path, output: Path) -> dict:
     dataset_file = source / "dataset.json"
     if not dataset_file.is_file():
         raise LandmarkDataError(source, "no dataset.json: not an nnU-Net/nnLandmark raw dataset folder")
-    dataset = json.loads(dataset_file.read_text())
-    label_ids = {str(k): int(v) for k, v in dataset.get("labels", {}).items() if int(v) != 0}
-    if not label_ids:
-        raise LandmarkDataError(dataset_file, "'labels' names no landmark (only background)")
-    names = sorted(label_ids, key=label_ids.get)
+    dataset = _json_file(dataset_file, "dataset.json")
+    if not isinstance(dataset, dict):
+        raise LandmarkDataError(dataset_file, "must be a JSON object with 'labels'")
+    ids = label_ids(dataset_file, dataset.get("labels"))
+    names = sorted(ids, key=ids.get)
     file_ending = dataset.get("file_ending", ".nii.gz")
+    if not isinstance(file_ending, str) or not file_ending:
+        raise LandmarkDataError(dataset_file, f"'file_ending' must be a suffix such as '.nii.gz', got {file_ending!r}")
     voxel_file = source / "all_landmarks_voxel.json"
-    voxel_table = json.loads(voxel_file.read_text()) if voxel_file.is_file() else None
+    voxel_table = _json_file(voxel_file, "all_landmarks_voxel.json") if voxel_file.is_file() else None
+    if voxel_table is not None and not (isinstance(voxel_table, dict) and all(isinstance(v, dict) for v in voxel_table.values())):
+        raise LandmarkDataError(voxel_file, "must be an object {case: {landmark: [i, j, k]}}")
     training, testing = [], []
     for case, channels in _cases_by_channel(source / "imagesTr", file_ending).items():
         image = channels[0]
         if voxel_table is not None:
             affine = read_image_header(str(image)).affine
-            given = voxel_table.get(case, {})
-            landmarks = {n: voxel_to_world(affine, np.asarray(given[n], dtype=np.float64)) for n in names if given.get(n) is not None}
+            points = [Point(name, "", value, case) for name, value in voxel_table.get(case, {}).items() if value is not None]
+            given = LandmarkNames(names, source=str(dataset_file)).resolve(points, f"{voxel_file} ({case})", "dataset.json's labels")
+            landmarks = {n: voxel_to_world(affine, _voxel(voxel_file, case, n, point.position)) for n, point in given.items()}
         else:
             label_file = source / "labelsTr" / f"{case}{file_ending}"
             if not label_file.is_file():
                 raise LandmarkDataError(label_file, f"label map of training case {case} not found (and no all_landmarks_voxel.json)")
-            landmarks = blob_centres(label_file, label_ids)
+            landmarks = blob_centres(label_file, ids)
         training.append({"image": [_relative(c, output) for c in channels] if len(channels) > 1 else _relative(image, output),
                          "landmarks": {n: _rounded(landmarks[n]) for n in names if n in landmarks}})
     for case, channels in _cases_by_channel(source / "imagesTs", file_ending).items():
@@ -142,25 +211,39 @@ def import_slicer(source: Path, output: Path, markups: Path | None = None) -> di
 
 
 def import_table(table: Path, output: Path, images: Path, coordinates: str = "ras") -> dict:
-    with open(table, newline="") as f:
-        rows = list(csv.DictReader(f))
-    required = {"case", "landmark", "x", "y", "z"}
-    if not rows or not required <= set(rows[0]):
-        raise LandmarkDataError(table, f"needs the columns {', '.join(sorted(required))} (optional: coordinates)")
+    """A table of case, landmark, x, y, z[, coordinates] rows (scripts.tables) -> a datalist of training cases.
+
+    ``landmark`` may be called ``label`` or ``name``; ``r,a,s``/``l,p,s`` columns instead of ``x,y,z`` fix the
+    system for every row. ``coordinates`` (the default, or a per-row column): ras, lps or voxel (index of
+    the image's voxel grid, mapped through its affine). Raises LandmarkDataError naming the file and line."""
+    parsed = read_table(table)
+    rows = parsed.rows
+    header = [cell.lower() for cell in rows[0][1]] if rows else []
+    found = coordinate_columns(header)
+    name_column = next((c for c in ("landmark", "label", "name") if c in header), None)
+    if "case" not in header or name_column is None or found is None:
+        seen = ", ".join(rows[0][1]) if rows else "an empty file"
+        raise LandmarkDataError(table, f"needs the columns case, landmark, x, y, z (optional: coordinates); found {seen}"
+                                       + (" (one column: is the delimiter something other than comma, semicolon or tab?)"
+                                          if len(header) == 1 else ""))
+    axes, fixed = found
+    column = {key: header.index(key) for key in ("case", name_column, *axes) if key in header}
     by_stem = {_stem(p): p for p in _images(images)}
     cases: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
     names: list[str] = []
-    for line, row in enumerate(rows, start=2):
-        case, name = row["case"].strip(), row["landmark"].strip()
+    for line, row in rows[1:]:
+        cell = lambda key: row[column[key]] if column[key] < len(row) else ""  # noqa: E731
+        case, name = cell("case"), cell(name_column)
         if case not in by_stem:
             raise LandmarkDataError(table, f"line {line}: no image for case {case!r} in {images}")
         if name in cases[case]:
             raise LandmarkDataError(table, f"line {line}: duplicate landmark {name!r} for case {case!r}")
         try:
-            point = np.array([float(row[a]) for a in "xyz"])
-        except ValueError:
-            raise LandmarkDataError(table, f"line {line}: cannot parse coordinates {[row[a] for a in 'xyz']}") from None
-        system = (row.get("coordinates") or coordinates).strip().lower()
+            point = np.array([parsed.number(cell(a), f"line {line}") for a in axes])
+        except LandmarkDataError:
+            raise LandmarkDataError(table, f"line {line}: cannot parse coordinates {[cell(a) for a in axes]}") from None
+        per_row = row[header.index("coordinates")] if "coordinates" in header and header.index("coordinates") < len(row) else ""
+        system = (fixed or per_row or coordinates).strip().lower()
         if system == "lps":
             point = point * LPS_TO_RAS
         elif system == "voxel":
@@ -174,6 +257,7 @@ def import_table(table: Path, output: Path, images: Path, coordinates: str = "ra
     return {"landmark_names": names, "training": training}
 
 
+@cli_main
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.import_data", description=__doc__.split("\n\n")[0])
     parser.add_argument("source", type=Path)
@@ -183,17 +267,14 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=Path, default=None, help="table: folder of images named by the case column")
     parser.add_argument("--coordinates", default="ras", choices=("ras", "lps", "voxel"), help="table: default coordinate system")
     args = parser.parse_args(argv)
-    try:
-        if args.format == "nnlandmark":
-            datalist = import_nnlandmark(args.source, args.output)
-        elif args.format == "slicer":
-            datalist = import_slicer(args.source, args.output, args.markups)
-        else:
-            if args.images is None:
-                raise SystemExit("error: --format table needs --images (the folder of scans named by the case column)")
-            datalist = import_table(args.source, args.output, args.images, args.coordinates)
-    except LandmarkDataError as error:
-        raise SystemExit(f"error: {error}") from None
+    if args.format == "nnlandmark":
+        datalist = import_nnlandmark(args.source, args.output)
+    elif args.format == "slicer":
+        datalist = import_slicer(args.source, args.output, args.markups)
+    else:
+        if args.images is None:
+            raise LandmarkConfigError("--images", "--format table needs the folder of scans named by the case column")
+        datalist = import_table(args.source, args.output, args.images, args.coordinates)
     atomic_write_text(args.output, json.dumps(datalist, indent=2) + "\n")
     n = len(datalist["training"])
     print(f"wrote {args.output}: {n} annotated case(s), {len(datalist.get('testing', []))} unannotated; "

@@ -1,5 +1,9 @@
 """Landmark files (Slicer .fcsv and .mrk.json, our .json, .csv), the datalist, and world <-> voxel mapping.
 
+The datalist is validated against its JSON Schema (scripts.datalist_schema) and its points matched to
+channels by the one name resolver (scripts.landmark_names); tables are read by scripts.tables; writes go
+through scripts.atomic.
+
 In memory every position is RAS world millimetres. Files may be LPS: converted on read and write.
 Written files: .fcsv in RAS (Slicer 5 style, version 4.11 header), .mrk.json in LPS (what Slicer
 writes), .json and .csv in RAS.
@@ -11,15 +15,16 @@ import csv
 import io
 import json
 import os
-import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from scripts.errors import LandmarkDataError
+from scripts.atomic import atomic_write_text
+from scripts.errors import LandmarkDataError, combined_error
+from scripts.landmark_names import LandmarkNames, Point, fold, unknown_message
+from scripts.tables import coordinate_columns, read_table, read_text
 
 SECTIONS = ("training", "validation", "testing")
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])  # same flip both ways
@@ -28,21 +33,10 @@ MARKUPS_SCHEMA = (
     "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/"
     "markups-schema-v1.0.3.json#"
 )
-_NUMBER_ONLY = re.compile(r"\s*[+-]?\d+\s*")
 _SUFFIXES = (".mrk.json", ".json", ".fcsv", ".csv")
 
 
 # ----------------------------------------------------------------------------- small helpers
-
-
-def _name_from(label: str, description: str) -> tuple[str, str]:
-    """(name, description): the name is the label unless the label is only a number (or empty) and a
-    description exists, as AFIDs/Slicer files keep the name in the description."""
-    label = "" if label is None else str(label)
-    description = "" if description is None else str(description)
-    if description and (not label.strip() or _NUMBER_ONLY.fullmatch(label)):
-        return description, ""
-    return label, description
 
 
 def _position(values, source, where: str) -> np.ndarray:
@@ -72,15 +66,13 @@ def _coordinate_system(value, source) -> str:
     raise LandmarkDataError(source, f"unsupported coordinate system {value!r} (expected RAS or LPS)")
 
 
-def _points_to_dict(points, source) -> dict[str, tuple[np.ndarray, str]]:
-    """[(name, position, description)] -> {name: (position, description)}, refusing empty and duplicate names."""
-    result: dict[str, tuple[np.ndarray, str]] = {}
-    for name, position, description in points:
-        if not name.strip():
-            raise LandmarkDataError(source, "landmark without a name")
-        if name in result:
-            raise LandmarkDataError(source, f"duplicate landmark name '{name}'")
-        result[name] = (position, description)
+def _by_display_name(points: list[Point], source) -> dict[str, Point]:
+    """{display name: point} in file order, refusing duplicate names (for reading a file on its own)."""
+    result: dict[str, Point] = {}
+    for point in points:
+        if point.name in result:
+            raise LandmarkDataError(source, f"duplicate landmark name '{point.name}'")
+        result[point.name] = point
     return result
 
 
@@ -106,16 +98,7 @@ def _plain(value):
 
 
 def _read_text(path: Path, what: str = "landmark file") -> str:
-    if not path.exists():
-        raise LandmarkDataError(path, f"{what} not found")
-    if path.is_dir():
-        raise LandmarkDataError(path, f"is a folder, not a {what}")
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise LandmarkDataError(path, "not UTF-8 text") from None
-    except OSError as error:
-        raise LandmarkDataError(path, f"cannot read: {error.strerror or error}") from None
+    return read_text(path, what)[0]
 
 
 def _read_json(path: Path, what: str = "landmark file"):
@@ -162,10 +145,10 @@ def _read_fcsv(path: Path) -> list[tuple[str, np.ndarray, str]]:
             raise LandmarkDataError(path, f"line {line}: expected {len(columns)} fields, got {len(row)}")
         cell = dict(zip(columns, row))
         position = _position([cell["x"], cell["y"], cell["z"]], path, f"line {line}")
-        name, description = _name_from(cell.get("label", ""), cell.get("desc", ""))
-        if not name.strip():
+        label, description = cell.get("label", ""), cell.get("desc", "")
+        if not label.strip() and not description.strip():
             raise LandmarkDataError(path, f"line {line}: landmark has no name (empty label and desc)")
-        points.append((name, position * flip, description))
+        points.append(Point(label, description, position * flip, f"line {line}"))
     return points
 
 
@@ -186,10 +169,10 @@ def _read_mrk_json(path: Path, document=None) -> list[tuple[str, np.ndarray, str
         if str(point.get("positionStatus", "defined")).lower() in ("undefined", "missing"):
             continue
         position = _position(point.get("position"), path, f"controlPoints[{index}]")
-        name, description = _name_from(point.get("label", ""), point.get("description", ""))
-        if not name.strip():
+        label, description = str(point.get("label") or ""), str(point.get("description") or "")
+        if not label.strip() and not description.strip():
             raise LandmarkDataError(path, f"controlPoints[{index}]: landmark has no name (empty label and description)")
-        points.append((name, position * flip, description))
+        points.append(Point(label, description, position * flip, f"controlPoints[{index}]"))
     return points
 
 
@@ -215,77 +198,78 @@ def _read_our_json(path: Path) -> list[tuple[str, np.ndarray, str]]:
         if isinstance(value, dict):
             description = str(value.get("description") or "")
             value = value.get("position")
-        points.append((name, _position(value, path, f"landmark '{name}'") * flip, description))
+        points.append(Point(name, description, _position(value, path, f"landmark '{name}'") * flip, f"landmark '{name}'"))
     return points
 
 
-def _read_csv(path: Path) -> list[tuple[str, np.ndarray, str]]:
-    rows = [row for row in csv.reader(io.StringIO(_read_text(path))) if any(cell.strip() for cell in row)]
-    columns = ["name", "x", "y", "z", "description"]
-    if rows and {"x", "y", "z"} <= {cell.strip().lower() for cell in rows[0]}:
-        columns = [cell.strip().lower() for cell in rows[0]]
-        columns = ["description" if c == "desc" else c for c in columns]
-        if "name" not in columns:
-            raise LandmarkDataError(path, f"header lacks a 'name' column: {rows[0]}")
+def _read_csv(path: Path) -> list[Point]:
+    """A landmark table (scripts.tables: BOM, delimiter, decimal comma). With a header: a name column
+    (``name``, ``label`` or ``landmark``), coordinates ``x,y,z`` (RAS), ``r,a,s`` (RAS) or ``l,p,s`` (LPS,
+    Slicer's Markups > Export to table), optional ``description``/``desc``, and Slicer's ``defined``
+    (rows with 0/false are unplaced points, skipped). Without one: name, x, y, z[, description]."""
+    table = read_table(path, "landmark file")
+    rows = table.rows
+    columns, system = {"name": 0, "description": 4}, "RAS"
+    axes = ("x", "y", "z")
+    found = coordinate_columns(rows[0][1]) if rows else None
+    if found:
+        header = [cell.lower() for cell in rows[0][1]]
+        axes, system = found[0], found[1] or "RAS"
+        name_column = next((c for c in ("name", "label", "landmark") if c in header), None)
+        if name_column is None:
+            raise LandmarkDataError(path, f"header lacks a name column (name or label): {rows[0][1]}")
+        columns = {"name": header.index(name_column)}
+        for key, spellings in (("description", ("description", "desc")), ("defined", ("defined",))):
+            column = next((c for c in spellings if c in header), None)
+            if column is not None:
+                columns[key] = header.index(column)
+        columns.update({axis: header.index(axis) for axis in axes})
         rows = rows[1:]
+    else:
+        columns.update({"x": 1, "y": 2, "z": 3})
+    flip = LPS_TO_RAS if system == "LPS" else np.ones(3)
+    width = max(columns[a] for a in axes) + 1
     points = []
-    for number, row in enumerate(rows, start=1):
-        if len(row) < 4:
-            raise LandmarkDataError(path, f"row {number}: expected name,x,y,z, got {row}")
-        cell = dict(zip(columns, row))
-        position = _position([cell.get("x"), cell.get("y"), cell.get("z")], path, f"row {number}")
-        points.append((cell["name"], position, cell.get("description", "")))
+    for number, (line, row) in enumerate(rows, start=1):
+        where = f"row {number}" if not found else f"line {line}"
+        if len(row) < max(4, width):
+            expected = "name,x,y,z" if not found else f"{width} fields"
+            raise LandmarkDataError(path, f"{where}: expected {expected}, got {row}")
+        cell = lambda key: row[columns[key]] if key in columns and columns[key] < len(row) else ""  # noqa: E731
+        if cell("defined").strip().lower() in ("0", "false", "no"):
+            continue
+        values = [cell(axis) for axis in axes]
+        try:
+            values = [table.number(v, where) for v in values]
+        except LandmarkDataError:
+            raise LandmarkDataError(path, f"{where}: cannot parse coordinates {values}") from None
+        position = _position(values, path, where)
+        points.append(Point(cell("name"), cell("description"), position * flip, where))
     return points
 
 
 _READERS = {".fcsv": _read_fcsv, ".mrk.json": _read_mrk_json, ".json": _read_our_json, ".csv": _read_csv}
 
 
-def _read_points(path) -> dict[str, tuple[np.ndarray, str]]:
-    """{name: (RAS position, description)} in file order, whatever the format."""
+def read_points(path) -> list[Point]:
+    """Every point of a landmark file, whatever the format, in file order: label and description as
+    written (scripts.landmark_names matches them to channels), position RAS world mm."""
     path = Path(path)
-    reader = _READERS[_suffix(path)]
-    return _points_to_dict(reader(path), path)
+    return _READERS[_suffix(path)](path)
 
 
 def read_landmarks(path) -> dict[str, np.ndarray]:
-    """Landmark positions, RAS world mm, in file order."""
-    return {name: position for name, (position, _) in _read_points(path).items()}
+    """Landmark positions, RAS world mm, in file order, named as the file names them (the label; the
+    description where the label is a bare number or empty). Raises LandmarkDataError on duplicates."""
+    return {name: point.position for name, point in _by_display_name(read_points(path), path).items()}
 
 
 def read_landmark_descriptions(path) -> dict[str, str]:
     """Name -> long description ("" if the file has none, or if the description was used as the name)."""
-    return {name: description for name, (_, description) in _read_points(path).items()}
+    return {name: point.note for name, point in _by_display_name(read_points(path), path).items()}
 
 
 # ----------------------------------------------------------------------------- writers
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write bytes through a temp file in the same folder and os.replace; nothing is left behind on failure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as temp:
-            temp.write(data)
-            temp.flush()
-            os.fsync(temp.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp_name, 0o666 & ~umask)  # mkstemp makes 0600 files
-        os.replace(temp_name, path)
-    except BaseException:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
-        raise
-
-
-def atomic_write_text(path, text: str) -> None:
-    """UTF-8 text, written atomically (see atomic_write_bytes)."""
-    if not isinstance(text, str):
-        raise TypeError(f"atomic_write_text needs str, got {type(text).__name__}")
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _fcsv_text(points) -> str:
@@ -404,6 +388,17 @@ def world_to_voxel(affine, points) -> np.ndarray:
     return _apply_affine(np.linalg.inv(_as_float64(affine)), points)
 
 
+def outside_image(affine, shape, points) -> np.ndarray:
+    """Boolean per row of ``points`` (N, 3) world mm: the point lies outside the image, i.e. beyond half a
+    voxel past the first or last voxel centre along some axis. NaN rows (unannotated) are never outside.
+    The one rule for "annotation outside its image" (scripts.check, training's check_cases, the fingerprint)."""
+    voxels = world_to_voxel(affine, np.asarray(points, dtype=np.float64).reshape(-1, 3))
+    upper = np.asarray(shape[:3], dtype=np.float64) - 0.5
+    with np.errstate(invalid="ignore"):
+        beyond = (voxels < -0.5) | (voxels > upper)
+    return np.any(beyond, axis=1) & np.all(np.isfinite(voxels), axis=1)
+
+
 # ----------------------------------------------------------------------------- datalist
 
 
@@ -417,6 +412,8 @@ class Datalist:
     descriptions: dict[str, str]
     sections: dict[str, list[dict]]
     extra: dict = field(default_factory=dict)  # unknown top-level keys, kept as given
+    aliases: dict[str, list[str]] = field(default_factory=dict)
+    numbering: int | None = None
 
     def section(self, name: str) -> list[dict]:
         """Entries of one section; [] when absent."""
@@ -428,9 +425,7 @@ class Datalist:
         return [(index[pair["left"]], index[pair["right"]]) for pair in self.left_right_pairs]
 
 
-def _folded(name: str) -> str:
-    """The key under which names that differ only in case/whitespace collide."""
-    return "".join(name.split()).casefold()
+DATALIST_KEYS = ("landmark_names", "left_right_pairs", "landmark_descriptions", "landmark_aliases", "landmark_numbering", *SECTIONS)
 
 
 def _resolve(folder: Path, value: str) -> str:
@@ -438,83 +433,108 @@ def _resolve(folder: Path, value: str) -> str:
 
 
 def _resolve_image(datalist: Path, where: str, value):
-    if isinstance(value, str) and value:
-        image = _resolve(datalist.parent, value)
-        if not os.path.exists(image):
-            raise LandmarkDataError(image, f"image not found (listed in {datalist}, {where})")
-        return image
-    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+    """An entry's image path (or list of paths, schema-checked) made absolute; LandmarkDataError if missing."""
+    if isinstance(value, list):
         return [_resolve_image(datalist, where, v) for v in value]
-    raise LandmarkDataError(datalist, f"{where}: 'image' must be a path or a list of paths, got {value!r}")
+    image = _resolve(datalist.parent, value)
+    if not os.path.exists(image):
+        raise LandmarkDataError(image, f"image not found (listed in {datalist}, {where})")
+    return image
 
 
-def _entry_landmarks(datalist: Path, where: str, value) -> tuple[str, dict[str, tuple[np.ndarray, str]]]:
-    """(source for messages, {name: (RAS position, description)}) of an entry's path or inline landmarks."""
+def _resolve_label_map(datalist: Path, where: str, value) -> str:
+    """An entry's optional ``label``: a label map on the image's anatomy (e.g. aseg), used by contrast
+    randomisation in training (scripts.intensity_randomization); resolved like the image."""
+    if not isinstance(value, str) or not value:
+        raise LandmarkDataError(datalist, f"{where}: 'label' must be the path of a label map, got {value!r}")
+    label = _resolve(datalist.parent, value)
+    if not os.path.exists(label):
+        raise LandmarkDataError(label, f"label map not found (listed in {datalist}, {where})")
+    return label
+
+
+def _entry_points(datalist: Path, where: str, value) -> tuple[str, list[Point]]:
+    """(source for messages, points) of an entry's landmark file or inline landmarks."""
     if isinstance(value, str):
         path = _resolve(datalist.parent, value)
-        return path, _read_points(path)
+        return path, read_points(path)
     if isinstance(value, dict):
         source = f"{datalist} ({where} landmarks)"
-        if value.duplicate_keys:
+        if getattr(value, "duplicate_keys", None):
             raise LandmarkDataError(source, f"duplicate landmark name '{value.duplicate_keys[0]}'")
-        points = [(name, _position(v, source, f"landmark '{name}'"), "") for name, v in value.items()]
-        return source, _points_to_dict(points, source)
-    raise LandmarkDataError(datalist, f"{where}: 'landmarks' must be a path or an object {{name: [x, y, z]}}")
+        return source, [Point(name, "", _position(v, source, f"landmark '{name}'"), f"landmark '{name}'") for name, v in value.items()]
+    raise TypeError(f"{where}: landmarks of type {type(value).__name__}: validate the datalist against its schema first")
 
 
-def _explicit_names(datalist: Path, value) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(n, str) and n.strip() for n in value):
-        raise LandmarkDataError(datalist, "'landmark_names' must be a list of non-empty strings")
-    seen: dict[str, str] = {}
-    for name in value:
-        if name in seen.values():
-            raise LandmarkDataError(datalist, f"duplicate name '{name}' in landmark_names")
-        if _folded(name) in seen:
-            other = seen[_folded(name)]
-            raise LandmarkDataError(datalist, f"landmark_names '{other}' and '{name}' differ only in case/whitespace")
-        seen[_folded(name)] = name
-    return list(value)
+@dataclass
+class LandmarkFile:
+    """One entry's landmarks once matched to channels: ``points`` {channel: Point}."""
+
+    section: str
+    index: int
+    source: str
+    points: dict[str, Point]
 
 
-def _check_known(source, name: str, names: list[str]) -> None:
-    """Error unless `name` is one of the explicit `names`, saying when it differs only in case/whitespace."""
-    if name in names:
-        return
-    close = [known for known in names if _folded(known) == _folded(name)]
-    if close:
-        raise LandmarkDataError(source, f"landmark '{name}' differs only in case/whitespace from '{close[0]}'")
-    raise LandmarkDataError(source, f"landmark '{name}' is not in landmark_names")
+@dataclass
+class DatalistReport:
+    """What scripts.check and load_datalist learn from a datalist, problems included (never raised here)."""
+
+    names: list[str]
+    declared: bool
+    descriptions: dict[str, str]
+    aliases: dict[str, list[str]]
+    pairs: list[dict]
+    sections: dict[str, list[dict]]
+    files: list[LandmarkFile]
+    problems: list[LandmarkDataError]
 
 
-def _collect_names(loaded: list[tuple[str, dict]]) -> list[str]:
-    """Names in order of first appearance; names that differ only in case/whitespace are an error."""
-    first_seen: dict[str, tuple[str, str]] = {}  # folded -> (name, source)
+def _declared_names(path: Path, document: dict) -> LandmarkNames:
+    names = document["landmark_names"]
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise LandmarkDataError(path, f"duplicate name '{name}' in landmark_names")
+        seen.add(name)
+    return LandmarkNames(names, document.get("landmark_descriptions") or {}, document.get("landmark_aliases") or {},
+                         document.get("landmark_numbering"), source=str(path))
+
+
+def _collected_names(document: dict, loaded: list[tuple[str, str, int, list[Point]]], problems: list) -> LandmarkNames:
+    """Channels from the files, in order of first appearance: a point opens a channel unless its label or
+    description names one already opened (case/whitespace ignored, descriptions and aliases count)."""
     names: list[str] = []
-    for source, points in loaded:
-        for name in points:
-            known = first_seen.get(_folded(name))
-            if known is None:
-                first_seen[_folded(name)] = (name, source)
-                names.append(name)
-            elif known[0] != name:
-                raise LandmarkDataError(
-                    source, f"landmark '{name}' differs only in case/whitespace from '{known[0]}' (in {known[1]})"
-                )
-    return names
+    learned: dict[str, str] = dict(document.get("landmark_descriptions") or {})
+    aliases = document.get("landmark_aliases") or {}
+    canonical = {fold(text): name for name, others in aliases.items() for text in (name, *others)}
+    resolver = LandmarkNames([], {}, {}, None)
+    for source, _, _, points in loaded:
+        for point in points:
+            channel, conflict = resolver.match(point.label, point.description)
+            if channel is None and conflict is None:  # a new channel, under the alias table's name if it has one
+                names.append(canonical.get(fold(point.label)) or canonical.get(fold(point.description)) or point.name)
+                if point.note and point.note != point.name:
+                    learned.setdefault(point.name, point.note)
+                try:
+                    resolver = LandmarkNames(names, learned, aliases, None, source="the dataset's files")
+                except LandmarkDataError as error:  # an alias or description claims two names: report, go on
+                    problems.append(LandmarkDataError(source, error.problem))
+                    names.pop()
+    return resolver
 
 
-def _pairs(datalist: Path, value, names: list[str]) -> list[dict]:
-    if not isinstance(value, list):
-        raise LandmarkDataError(datalist, "'left_right_pairs' must be a list of {\"left\": name, \"right\": name}")
+def _pairs(datalist: Path, value, resolver: LandmarkNames) -> list[dict]:
     pairs, used = [], set()
     for index, pair in enumerate(value):
-        if isinstance(pair, (list, tuple)) and len(pair) == 2:
-            pair = {"left": pair[0], "right": pair[1]}
-        if not isinstance(pair, dict) or not all(isinstance(pair.get(side), str) for side in ("left", "right")):
-            raise LandmarkDataError(datalist, f"left_right_pairs[{index}] must be {{\"left\": name, \"right\": name}}")
-        left, right = pair["left"], pair["right"]
+        left, right = (pair["left"], pair["right"]) if isinstance(pair, dict) else pair
+        resolved = []
         for name in (left, right):
-            _check_known(datalist, name, names)
+            channel = resolver.channel(name)
+            if channel is None:
+                raise LandmarkDataError(datalist, unknown_message([f"'{name}'"], "landmark_names"))
+            resolved.append(channel)
+        left, right = resolved
         if left == right or left in used or right in used:
             raise LandmarkDataError(datalist, f"left_right_pairs[{index}]: '{left}'/'{right}' repeats a landmark")
         used.update((left, right))
@@ -522,68 +542,132 @@ def _pairs(datalist: Path, value, names: list[str]) -> list[dict]:
     return pairs
 
 
-def _descriptions(datalist: Path, explicit, loaded, names: list[str]) -> dict[str, str]:
-    """Every name -> description: the datalist's `landmark_descriptions`, else the first file description
-    that differs from the name, else ""."""
-    if not isinstance(explicit, dict) or not all(isinstance(v, str) for v in explicit.values()):
-        raise LandmarkDataError(datalist, "'landmark_descriptions' must be an object {name: description}")
-    for name in explicit:
-        _check_known(datalist, name, names)
-    result = {name: explicit.get(name, "") for name in names}
-    for _, points in loaded:
-        for name, (_, description) in points.items():
-            if name in result and not result[name] and description and description != name:
-                result[name] = description
-    return result
+def inspect_datalist(path, document, channels: LandmarkNames | None = None, skip=frozenset()) -> DatalistReport:
+    """Resolve a schema-valid datalist document (scripts.datalist_schema) and collect every problem.
 
-
-def _load_entry(datalist: Path, where: str, entry) -> tuple[dict, tuple[str, dict] | None]:
-    """(resolved entry, (source, points) or None when it has no landmarks)."""
-    if not isinstance(entry, dict) or "image" not in entry:
-        raise LandmarkDataError(datalist, f"{where} must be an object with an 'image'")
-    landmarks = entry.get("landmarks")  # still a _JsonObject, which knows its duplicate keys
-    entry = _plain(entry)
-    entry["image"] = _resolve_image(datalist, where, entry["image"])
-    if landmarks is None:
-        entry.pop("landmarks", None)
-        return entry, None
-    source, points = _entry_landmarks(datalist, where, landmarks)
-    entry["landmarks"] = {name: position.tolist() for name, (position, _) in points.items()}
-    return entry, (source, points)
-
-
-def load_datalist(path) -> Datalist:
-    """Read and check a datalist (DESIGN §2): absolute image paths, landmarks as RAS {name: [x, y, z]}."""
-    path = Path(os.path.abspath(path))
-    document = _read_json(path, "datalist")
-    if not isinstance(document, dict):
-        raise LandmarkDataError(path, "a datalist must be a JSON object")
+    ``channels``: a trained model's names (plans ``landmark_names`` + ``landmark_descriptions``); the
+    datalist's names are then matched to them and entries come back named by channel. ``skip``: (section,)
+    and (section, index) places the schema already refused. Nothing is raised: see ``problems``.
+    """
+    path = Path(path)
+    problems: list[LandmarkDataError] = []
     sections: dict[str, list[dict]] = {}
-    loaded: list[tuple[str, dict]] = []  # (source, points) in training, validation, testing order
-    for section in (s for s in SECTIONS if s in document):
-        if not isinstance(document[section], list):
-            raise LandmarkDataError(path, f"'{section}' must be a list of entries")
+    loaded: list[tuple[str, str, int, list[Point]]] = []
+    for section in (s for s in SECTIONS if s in document and (s,) not in skip):
         sections[section] = []
         for index, raw in enumerate(document[section]):
-            entry, landmarks = _load_entry(path, f"{section}[{index}]", raw)
+            if (section, index) in skip:
+                continue
+            landmarks = raw.get("landmarks")  # still a _JsonObject when parsed here: it knows duplicate keys
+            entry = _plain(raw)
+            try:
+                entry["image"] = _resolve_image(path, f"{section}[{index}]", entry["image"])
+                if "label" in entry:
+                    entry["label"] = _resolve_label_map(path, f"{section}[{index}]", entry["label"])
+                if landmarks is not None:
+                    source, points = _entry_points(path, f"{section}[{index}]", landmarks)
+                    loaded.append((source, section, len(sections[section]), points))
+            except LandmarkDataError as error:
+                problems.append(error)
+                continue
+            entry.pop("landmarks", None)
             sections[section].append(entry)
-            loaded += [landmarks] if landmarks else []
-    if not any(sections.values()):
-        raise LandmarkDataError(path, "datalist has no entries in training, validation or testing")
+    declared = "landmark_names" in document
+    try:
+        resolver = _declared_names(path, document) if declared else _collected_names(document, loaded, problems)
+    except LandmarkDataError as error:
+        return DatalistReport([], declared, {}, {}, [], sections, [], problems + [error])
+    names = list(resolver.channels)
+    files = []
+    for source, section, index, points in loaded:
+        try:
+            resolved = resolver.resolve(points, source, "landmark_names" if declared else None)
+        except LandmarkDataError as error:
+            problems.append(error)
+            continue
+        files.append(LandmarkFile(section, index, source, resolved))
+    descriptions = {name: "" for name in names}
+    for name, text in (document.get("landmark_descriptions") or {}).items():
+        channel = resolver.channel(name)
+        if channel is None:
+            problems.append(LandmarkDataError(path, f"landmark_descriptions: {unknown_message([repr(name)], 'landmark_names')}"))
+        else:
+            descriptions[channel] = text
+    for file in files:
+        for channel, point in file.points.items():
+            if not descriptions[channel] and point.note and point.note != channel:
+                descriptions[channel] = point.note
+    try:
+        pairs = _pairs(path, document.get("left_right_pairs") or [], resolver)
+    except LandmarkDataError as error:
+        problems.append(error)
+        pairs = []
+    report = DatalistReport(names, declared, descriptions, dict(document.get("landmark_aliases") or {}), pairs, sections, files, problems)
+    if channels is not None:
+        _to_channels(path, report, channels)
+    for file in report.files:
+        sections[file.section][file.index]["landmarks"] = {c: p.position.tolist() for c, p in file.points.items()}
+    return report
 
-    if "landmark_names" in document:
-        names = _explicit_names(path, document["landmark_names"])
-        for source, points in loaded:
-            for name in points:
-                _check_known(source, name, names)
-    else:
-        names = _collect_names(loaded)
-    known = ("landmark_names", "left_right_pairs", "landmark_descriptions", *SECTIONS)
+
+def _to_channels(path: Path, report: DatalistReport, channels: LandmarkNames) -> None:
+    """Rename the report's landmarks to a model's channels; names no channel has are problems, by file."""
+    mapping = {}
+    for name in report.names:
+        mapping[name], _ = channels.match(name, report.descriptions.get(name, ""))
+    for file in report.files:
+        unknown = [point.shown() for name, point in file.points.items() if mapping[name] is None]
+        if unknown:
+            report.problems.append(LandmarkDataError(file.source, unknown_message(unknown, f"the model's landmarks ({channels.source})")))
+            continue
+        renamed: dict[str, Point] = {}
+        for name, point in file.points.items():
+            if mapping[name] in renamed:
+                other = renamed[mapping[name]]
+                report.problems.append(LandmarkDataError(file.source, f"landmarks {other.shown()} and {point.shown()} both match '{mapping[name]}'"))
+            renamed[mapping[name]] = point
+        file.points = renamed
+    report.pairs = [{"left": mapping[p["left"]], "right": mapping[p["right"]]} for p in report.pairs
+                    if mapping.get(p["left"]) and mapping.get(p["right"])]
+    report.descriptions = {c: channels.descriptions.get(c, "") for c in channels.channels}
+    report.names = list(channels.channels)
+
+
+def read_datalist_document(path):
+    """The parsed datalist JSON (objects remember duplicate keys); LandmarkDataError if unreadable."""
+    return _read_json(Path(path), "datalist")
+
+
+def load_datalist(path, landmark_names: Sequence[str] | None = None, descriptions: Mapping[str, str] | None = None,
+                  names_source: str = "configs/plans.json") -> Datalist:
+    """Read and check a datalist (DESIGN §2): absolute image paths, landmarks as RAS {name: [x, y, z]}.
+
+    The structure is validated against scripts.datalist_schema, then every point is matched to a channel
+    by scripts.landmark_names (label, description, landmark_descriptions, landmark_aliases,
+    landmark_numbering; case and whitespace ignored). With ``landmark_names`` (a trained model's, from
+    the plans, with their ``descriptions``) entries come back named by those channels.
+    Raises LandmarkDataError with every problem found (one line; each names its file).
+    """
+    from scripts.datalist_schema import schema_problems
+
+    path = Path(os.path.abspath(path))
+    document = read_datalist_document(path)
+    invalid = schema_problems(document)
+    if invalid:
+        raise combined_error(path, [LandmarkDataError(path, sentence) for _, sentence in invalid])
+    if not any(document.get(section) for section in SECTIONS):
+        raise LandmarkDataError(path, "datalist has no entries in training, validation or testing")
+    channels = None if landmark_names is None else LandmarkNames(landmark_names, descriptions or {}, source=names_source)
+    report = inspect_datalist(path, document, channels)
+    if report.problems:
+        raise combined_error(path, report.problems)
     return Datalist(
         path=path,
-        landmark_names=names,
-        left_right_pairs=_pairs(path, document.get("left_right_pairs", []), names),
-        descriptions=_descriptions(path, document.get("landmark_descriptions", {}), loaded, names),
-        sections=sections,
-        extra={key: _plain(value) for key, value in document.items() if key not in known},
+        landmark_names=report.names,
+        left_right_pairs=report.pairs,
+        descriptions=report.descriptions,
+        sections=report.sections,
+        extra={key: _plain(value) for key, value in document.items() if key not in DATALIST_KEYS},
+        aliases=report.aliases,
+        numbering=document.get("landmark_numbering"),
     )

@@ -10,7 +10,7 @@ import hashlib
 import sys
 from pathlib import Path
 
-from scripts.landmark_io import atomic_write_text
+from scripts.atomic import atomic_write_text
 
 WEIGHTS = ("model.pt", "coarse_model.pt", "model.ts")
 URL_PLACEHOLDER = "https://github.com/OWNER/REPO/releases/download/v{version}/{name}"

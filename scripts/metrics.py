@@ -86,7 +86,9 @@ class LandmarkErrorMetric(Metric):
 
     Reads ``pred_landmarks_world`` (post-processed output) and ``landmarks_world`` (batch) of each
     case; the plain output would only hold heatmaps. Errors are gathered over all ranks before
-    the statistic is computed, so every rank reports the same value.
+    the statistic is computed, so every rank reports the same value. Each case counts once: under DDP a
+    validation set smaller than (or not divisible by) the number of ranks is padded by the sampler
+    with repeated cases, and errors are kept per case (``stem``, else the image file) so repeats drop out.
     """
 
     def __init__(self, statistic: str = "mre", radius: float | None = None, pred_key: str = "pred_landmarks_world", gt_key: str = "landmarks_world", device="cpu"):
@@ -98,7 +100,7 @@ class LandmarkErrorMetric(Metric):
         self.radius = radius
         self.pred_key = pred_key
         self.gt_key = gt_key
-        self._errors: list[float] = []
+        self._errors: list[tuple[str | None, list[float]]] = []  # (case key or None, its finite errors)
         super().__init__(output_transform=lambda output: output, device=device)
 
     def reset(self) -> None:
@@ -109,17 +111,33 @@ class LandmarkErrorMetric(Metric):
             if self.pred_key not in item:
                 continue
             errors = radial_errors(_to_numpy(item[self.pred_key]), _to_numpy(item[self.gt_key]))
-            self._errors.extend(errors[np.isfinite(errors)].tolist())
+            self._errors.append((_case_key(item), errors[np.isfinite(errors)].tolist()))
 
     def iteration_completed(self, engine) -> None:
         self.update(case_items(engine.state))
 
     def compute(self) -> float:
-        errors = self._errors
+        cases = self._errors
         if idist.get_world_size() > 1:
-            errors = [e for part in idist.all_gather(errors) for e in part]
+            cases = [case for part in idist.all_gather(cases) for case in part]
+        seen: set[str] = set()
+        errors = []
+        for key, values in cases:
+            if key is not None and key in seen:
+                continue  # a case the distributed sampler repeated to give every rank a share
+            seen.add(key)
+            errors.extend(values)
         summary = summarize_errors(errors, radii=(self.radius,) if self.radius is not None else ())
         return summary[f"sdr_{self.radius:g}mm"] if self.statistic == "sdr" else summary[self.statistic]
+
+
+def _case_key(item) -> str | None:
+    """What identifies a case across ranks: its output stem, else the file its image was loaded from."""
+    if item.get("stem"):
+        return str(item["stem"])
+    meta = getattr(item.get("image"), "meta", None) or {}
+    source = meta.get("filename_or_obj")
+    return str(source) if source else None
 
 
 def _to_numpy(value) -> np.ndarray:

@@ -15,7 +15,10 @@ import numpy as np
 from ignite.engine import Events
 from monai.transforms import Transform
 
-from scripts.landmark_io import atomic_write_text, write_landmarks
+from scripts.cli_args import path_argument
+from scripts.errors import LandmarkConfigError, LandmarkDataError
+from scripts.atomic import atomic_write_text
+from scripts.landmark_io import write_landmarks
 from scripts.metrics import case_items
 
 logger = logging.getLogger(__name__)
@@ -61,7 +64,7 @@ class WriteLandmarksd(Transform):
     """Write ``<stem>.json``, ``<stem>.fcsv`` and ``<stem>.mrk.json`` into output_dir (atomic writes)."""
 
     def __init__(self, output_dir: str, landmark_names: Sequence[str], descriptions: Mapping[str, str] | None = None, formats: Sequence[str] = (".json", ".fcsv", ".mrk.json")):
-        self.output_dir = output_dir
+        self.output_dir = path_argument(output_dir, "output_dir")
         self.landmark_names = list(landmark_names)
         self.descriptions = dict(descriptions or {})
         self.formats = list(formats)
@@ -98,7 +101,7 @@ def case_outputs_or_nothing(path: str, written: Sequence[str]):
         for earlier in written:
             with contextlib.suppress(OSError):
                 os.remove(earlier)
-        raise SystemExit(f"error: {path}: cannot write ({error.strerror or error}); cases written so far are complete") from None
+        raise LandmarkConfigError(path, f"cannot write ({error.strerror or error}); cases written so far are complete") from None
 
 
 class InferenceSummary:
@@ -108,7 +111,7 @@ class InferenceSummary:
     """
 
     def __init__(self, output_dir: str, landmark_names: Sequence[str], print_tables_up_to: int = 3):
-        self.output_dir = output_dir
+        self.output_dir = path_argument(output_dir, "output_dir")
         self.landmark_names = list(landmark_names)
         self.print_tables_up_to = print_tables_up_to
         self.rows: list[list] = []
@@ -195,5 +198,6 @@ class InferenceSummary:
         return "\n".join(parts) + "\n"
 
     def exit_on_failures(self) -> None:
+        """Raise LandmarkDataError when a case failed, so that the command exits non-zero after writing the others."""
         if self.failures:
-            raise SystemExit(f"error: {len(self.failures)} case(s) failed; see the lines above")
+            raise LandmarkDataError(self.output_dir, f"{len(self.failures)} case(s) failed; see the lines above")

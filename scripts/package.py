@@ -21,6 +21,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from scripts.errors import LandmarkDataError, cli_main
 from scripts.large_files import sha256_of
 
 INCLUDED_FOLDERS = ("configs", "scripts", "docs")
@@ -32,12 +33,12 @@ def listed_weights(bundle_root: Path) -> list[tuple[str, str]]:
     """(path, sha256) of each large_files.yml entry (the manifest is flat YAML; read without a YAML dependency)."""
     manifest = bundle_root / "large_files.yml"
     if not manifest.is_file():
-        raise SystemExit(f"error: {manifest}: missing; run python -m scripts.large_files first")
+        raise LandmarkDataError(manifest, "missing; run python -m scripts.large_files first")
     text = manifest.read_text()
     paths = re.findall(r'path:\s*"([^"]+)"', text)
     hashes = re.findall(r'hash_val:\s*"([0-9a-f]+)"', text)
     if len(paths) != len(hashes) or not paths:
-        raise SystemExit(f"error: {manifest}: every entry needs a path and a hash_val")
+        raise LandmarkDataError(manifest, "every entry needs a path and a hash_val")
     return list(zip(paths, hashes))
 
 
@@ -55,10 +56,13 @@ def bundle_files(bundle_root: Path) -> list[tuple[Path, str]]:
     for relative, expected in listed_weights(bundle_root):
         path = bundle_root / relative
         if not path.is_file():
-            raise SystemExit(f"error: {path}: listed in large_files.yml but missing")
+            raise LandmarkDataError(path, "listed in large_files.yml but missing")
         if sha256_of(path) != expected:
-            raise SystemExit(f"error: {path}: sha256 differs from large_files.yml; run python -m scripts.large_files after retraining")
+            raise LandmarkDataError(path, "sha256 differs from large_files.yml; run python -m scripts.large_files after retraining")
         files.append((path, relative))
+        sidecar = path.with_suffix(".json")  # the weights' identity (scripts.model_files): small, shipped beside them
+        if path.suffix == ".pt" and sidecar.is_file():
+            files.append((sidecar, Path(relative).with_suffix(".json").as_posix()))
     return files
 
 
@@ -86,10 +90,11 @@ def export_torchscript(bundle_root: Path) -> None:
 
     subprocess.run([sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", "models/model.ts",
                     "--ckpt_file", "models/model.pt", "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json",
-                    "--key_in_ckpt", "model", "--bundle_root", "."], cwd=bundle_root, check=True)
+                    "--bundle_root", "."], cwd=bundle_root, check=True)  # a plain state dict: no --key_in_ckpt (as the zoo's CI)
     subprocess.run([sys.executable, "-m", "scripts.large_files", "--bundle_root", "."], cwd=bundle_root, check=True)
 
 
+@cli_main
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.package", description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle_root", default=".", type=Path)

@@ -1,6 +1,7 @@
 """Plan a landmark dataset and write a complete, runnable bundle.
 
     python -m scripts.plan DATALIST --bundle_root NEW_DIR [--budget cpu|gpu] [--memory_gb N] [--force]
+                           [--contrast_randomization auto|on|off]
 
 Fingerprint -> plans (every number with its reason, configs/plans.json) -> the bundle's configs.
 Running it twice on the same datalist writes byte-identical files.
@@ -15,9 +16,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from scripts.bundle_configs import LOGGING_CONF, evaluate_config, inference_config, multi_gpu_train_config, train_config
-from scripts.errors import LandmarkDataError
-from scripts.landmark_io import atomic_write_text, load_datalist
+from scripts.bundle_configs import LOGGING_CONF, evaluate_config, inference_config, multi_gpu_train_config, train_coarse_config, train_config
+from scripts.errors import LandmarkConfigError, LandmarkDataError, cli_main
+from scripts.atomic import atomic_write_text
+from scripts.landmark_io import load_datalist
 from scripts.metadata import build_metadata
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -44,12 +46,12 @@ def has_checkpoint(bundle_root: Path) -> bool:
     return models.is_dir() and any(p.suffix in CHECKPOINT_SUFFIXES for p in models.rglob("*") if p.is_file())
 
 
-def make_bundle_plans(datalist_file: str, budget: str = "cpu", memory_gb: float | None = None) -> dict:
+def make_bundle_plans(datalist_file: str, budget: str = "cpu", memory_gb: float | None = None, contrast: str = "auto") -> dict:
     from scripts.planning.decisions import make_plans
-    from scripts.planning.fingerprint import fingerprint_dataset
+    from scripts.planning.fingerprint import cached_fingerprint
 
     datalist = load_datalist(datalist_file)
-    plans = make_plans(fingerprint_dataset(datalist), budget=budget, memory_gb=memory_gb)
+    plans = make_plans(cached_fingerprint(datalist), budget=budget, memory_gb=memory_gb, contrast=contrast)
     descriptions = {n: d for n, d in datalist.descriptions.items() if d}
     if descriptions:
         plans["configuration"]["landmark_descriptions"] = descriptions
@@ -62,16 +64,20 @@ def write_configs(bundle_root: Path, plans: dict, datalist_file: str, default_in
     datalist = bundle_reference(datalist_file, bundle_root)
     existing_metadata = configs / "metadata.json"
     existing = json.loads(existing_metadata.read_text()) if existing_metadata.exists() else None
-    cascade = bool(plans["configuration"].get("cascade"))
+    configuration = plans["configuration"]
     files = {
         "plans.json": dumps(plans),
-        "train.json": dumps(train_config(datalist, cascade)),
-        "evaluate.json": dumps(evaluate_config(cascade)),
-        "inference.json": dumps(inference_config(bundle_reference(default_input, bundle_root) if default_input else datalist, cascade)),
-        "metadata.json": dumps(build_metadata(plans["configuration"], existing, name=name or DEFAULT_NAME)),
+        "train.json": dumps(train_config(datalist, configuration)),
+        "evaluate.json": dumps(evaluate_config(configuration)),
+        "inference.json": dumps(inference_config(bundle_reference(default_input, bundle_root) if default_input else datalist, configuration)),
+        "metadata.json": dumps(build_metadata(configuration, existing, name=name)),
         "multi_gpu_train.json": dumps(multi_gpu_train_config()),
         "logging.conf": LOGGING_CONF,
     }
+    if configuration.get("cascade"):
+        files["train_coarse.json"] = dumps(train_coarse_config(configuration))
+    elif (configs / "train_coarse.json").exists():  # re-planned without a cascade: no coarse stage to train
+        (configs / "train_coarse.json").unlink()
     written = []
     for name, text in files.items():
         atomic_write_text(configs / name, text)
@@ -100,36 +106,38 @@ def copy_bundle_files(bundle_root: Path) -> None:
 
 
 def plan_bundle(datalist: str, bundle_root: str, budget: str = "cpu", memory_gb: float | None = None, force: bool = False,
-                default_input: str | None = None, name: str | None = None) -> dict:
+                default_input: str | None = None, name: str | None = None, contrast: str = "auto") -> dict:
     root = Path(bundle_root)
     if has_checkpoint(root) and (root / "configs" / "train.json").exists() and not force:
-        raise SystemExit(f"error: {root}: models/ holds a checkpoint; refusing to overwrite its configs (use --force)")
-    plans = make_bundle_plans(datalist, budget, memory_gb)
+        raise LandmarkConfigError(root, "models/ holds a checkpoint; refusing to overwrite its configs (use --force)")
+    plans = make_bundle_plans(datalist, budget, memory_gb, contrast)
     root.mkdir(parents=True, exist_ok=True)
     write_configs(root, plans, datalist, default_input, name)
     copy_bundle_files(root)
     return plans
 
 
+@cli_main
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.plan", description=__doc__.split("\n\n")[0])
     parser.add_argument("datalist", help="datalist JSON (shared/DESIGN.md §2)")
     parser.add_argument("--bundle_root", required=True, help="folder to write the bundle into")
     parser.add_argument("--budget", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--memory_gb", type=float, default=None, help="memory budget (RAM for cpu, VRAM for gpu)")
+    parser.add_argument("--contrast_randomization", choices=("auto", "on", "off"), default="auto",
+                        help="random per-tissue MRI contrasts in training (auto: MR with < 20 distinct subjects; docs/planner.md)")
     parser.add_argument("--force", action="store_true", help="overwrite the configs of a bundle that has checkpoints")
     parser.add_argument("--default_input", default=None, help="inference.json's default --input (default: the datalist)")
     parser.add_argument("--name", default=None, help=f"bundle name in metadata.json (default: kept, else {DEFAULT_NAME})")
     args = parser.parse_args(argv)
-    try:
-        plans = plan_bundle(args.datalist, args.bundle_root, args.budget, args.memory_gb, args.force, args.default_input, args.name)
-    except LandmarkDataError as error:
-        raise SystemExit(f"error: {error}") from None
+    plans = plan_bundle(args.datalist, args.bundle_root, args.budget, args.memory_gb, args.force, args.default_input, args.name,
+                        args.contrast_randomization)
     c = plans["configuration"]
+    length = f"{c['epochs']} epochs" if c.get("epochs") else f"epochs for {c['training_hours']:g} h"
     print(
         f"planned {len(c['landmark_names'])} landmarks ({args.budget}): spacing {c['spacing']} mm, patch {c['patch_size']}, "
-        f"batch {c['batch_size']}, filters {c['filters']}, sigma {c['sigma_voxels']} voxels, "
-        f"{c['epochs']} epochs x {c['iterations_per_epoch']} iterations -> {args.bundle_root}"
+        f"batch {c['batch_size']}, filters {c['filters']}, sigma {c['sigma_mm']} mm = {c['sigma_voxels']} voxels, "
+        f"{length} x {c['iterations_per_epoch']} iterations -> {args.bundle_root}"
     )
     return 0
 

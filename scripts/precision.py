@@ -12,6 +12,13 @@ Only the fine network (the one build_network makes from ``precision``) runs in b
 coarse network stays float32. Its positions place the fine patches, and the fine network's output depends
 a little on where in its patch a landmark falls, so a bfloat16 coarse pass moved the sample's landmarks
 more (0.62 voxel mean without TTA) than bfloat16 itself does (0.12), for a saving of ~0.1 s.
+
+Training (``precision`` of train.json, :func:`training_dtype`) uses the same split: the network's body
+runs under autocast, the output layer, the sigmoid and the loss in float32, the weights and the optimizer
+stay float32 (mixed precision, not a bfloat16 model). ``auto`` is bfloat16 on a CPU that has it natively,
+float32 on one that would emulate it (emulated bfloat16 is several times slower than float32), and on CUDA
+bfloat16 where the GPU supports it, else float16 with a gradient scaler (float16's 5-bit exponent
+underflows small gradients; bfloat16 has float32's range and needs none).
 """
 
 from __future__ import annotations
@@ -20,9 +27,12 @@ import logging
 
 import torch
 
+from scripts.errors import LandmarkConfigError
+
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "float32", "bfloat16")
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def native_bfloat16(device: torch.device) -> bool:
@@ -35,15 +45,60 @@ def native_bfloat16(device: torch.device) -> bool:
     return False  # GPUs: float32 until measured on one (nothing here to measure with)
 
 
-def inference_dtype(precision: str, device) -> torch.dtype:
-    """``precision`` (auto | float32 | bfloat16) -> the dtype of the network's convolutions on ``device``."""
+def _parse(precision: str, device) -> tuple[str, torch.device]:
+    """(auto | float32 | bfloat16 | float16, device); float16 only on CUDA (a CPU emulates it, slowly).
+
+    Raises LandmarkConfigError (``--precision``) for any other name."""
     text = str(precision).strip().lower()
     if text not in PRECISIONS:
-        raise SystemExit(f"error: --precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+        raise LandmarkConfigError("--precision", f"{precision!r} is not a precision: use one of {', '.join(PRECISIONS)}")
     device = torch.device(device if device is not None else "cpu")
+    if text == "float16" and device.type != "cuda":
+        raise LandmarkConfigError("--precision", f"float16 needs a CUDA device, not {device.type}: use bfloat16 or float32")
+    return text, device
+
+
+def inference_dtype(precision: str, device) -> torch.dtype:
+    """``precision`` (auto | float32 | bfloat16 | float16) -> the dtype of the network's convolutions on ``device``.
+
+    ``auto``: bfloat16 on a CPU with native bfloat16, float32 elsewhere (GPUs: not measured for inference)."""
+    text, device = _parse(precision, device)
     if text == "auto":
         return torch.bfloat16 if native_bfloat16(device) else torch.float32
-    return torch.bfloat16 if text == "bfloat16" else torch.float32
+    return DTYPES[text]
+
+
+def training_dtype(precision: str, device) -> torch.dtype:
+    """``precision`` of train.json -> the autocast dtype of the network's body during training on ``device``.
+
+    ``auto``: CPU: bfloat16 where native (:func:`native_bfloat16`), else float32; CUDA: bfloat16 where the GPU
+    supports it, else float16 (with a gradient scaler, :func:`needs_grad_scaler`). Raises LandmarkConfigError."""
+    text, device = _parse(precision, device)
+    if text != "auto":
+        return DTYPES[text]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if native_bfloat16(device) else torch.float32
+
+
+def needs_grad_scaler(precision: str, device) -> bool:
+    """Whether training in ``precision`` on ``device`` runs in float16, which needs loss scaling: the
+    ``amp`` switch of MONAI's SupervisedTrainer (its GradScaler and ``torch.autocast("cuda")``)."""
+    return training_dtype(precision, device) == torch.float16
+
+
+def training_network(network: torch.nn.Module, precision: str, device) -> torch.nn.Module:
+    """The network the trainer runs: ``network`` itself in float32, else wrapped so that its body runs under
+    autocast and its output layer in float32 (:class:`ReducedPrecisionHeatmapNet`; it holds ``network``,
+    so checkpoints of ``network`` are unchanged). Logs the choice once."""
+    dtype = training_dtype(precision, device)
+    wrapped = with_precision(network, dtype)
+    if wrapped is network and dtype != torch.float32:  # e.g. DistributedDataParallel: with_precision warned
+        detail = "the whole forward under MONAI's float16 autocast" if dtype == torch.float16 else "float32 throughout"
+    else:
+        detail = "float32 throughout" if dtype == torch.float32 else "autocast body; output layer, loss, weights and optimizer float32"
+    logger.info("training precision: %s (%s; --precision %s)", str(dtype).replace("torch.", ""), detail, str(precision).strip().lower())
+    return wrapped
 
 
 class ReducedPrecisionHeatmapNet(torch.nn.Module):
@@ -59,7 +114,8 @@ class ReducedPrecisionHeatmapNet(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, dtype=self.dtype):
             features = self.network.features(x)
-        return self.network.heatmaps(features.float())
+        with torch.autocast(x.device.type, enabled=False):  # float32 even inside an outer autocast (MONAI's amp)
+            return self.network.heatmaps(features.float())
 
 
 def with_precision(network: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:

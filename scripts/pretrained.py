@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 import torch
 
-from scripts.errors import LandmarkDataError, exits_on_data_error
-from scripts.model_files import read_checkpoint
+from scripts.errors import LandmarkDataError
+from scripts.model_files import check_identity, read_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +24,11 @@ OUTPUT_PREFIX = "net.output_block.conv.conv."
 
 def transfer_weights(network: torch.nn.Module, path: str, landmark_names: Sequence[str]) -> dict:
     """Load ``path`` into ``network`` in place; returns what was kept, added and dropped (by landmark name)."""
-    source_state, info = read_checkpoint(path)
-    source_names = list(info.get("landmark_names", []))
+    source_state, identity = read_checkpoint(path)
+    if identity is None:  # a weights file without its sidecar: only where the channels can be the config's, in order
+        check_identity(path, None, landmark_names, state=source_state)
+        identity = {"landmark_names": list(landmark_names)}
+    source_names = list(identity.get("landmark_names", []))
     target_state = network.state_dict()
     for key, value in source_state.items():
         if key.startswith(OUTPUT_PREFIX):
@@ -51,9 +54,9 @@ def transfer_weights(network: torch.nn.Module, path: str, landmark_names: Sequen
     return report
 
 
-@exits_on_data_error
-def initialize_from(network: torch.nn.Module, path: str | None, landmark_names: Sequence[str]) -> torch.nn.Module:
-    """Config helper: the network, with ``path``'s weights when a path is given (``--pretrained``)."""
+def initialize_from(network: torch.nn.Module, path: str | None, landmark_names: Sequence[str], device=None) -> torch.nn.Module:
+    """Config helper (train.json's ``network``): the network, with ``path``'s weights when a path is given
+    (``--pretrained``), moved to ``device`` when given."""
     if path:
         transfer_weights(network, path, landmark_names)
-    return network
+    return network.to(device) if device is not None else network

@@ -17,8 +17,10 @@ import SimpleITK as sitk
 import torch
 from monai.bundle import ConfigParser
 
-from scripts.errors import LandmarkDataError
-from scripts.landmark_io import atomic_write_bytes
+from scripts.errors import LandmarkDataError, LandmarkError, bundle_error_in
+from scripts.image_io import image_geometry
+from scripts.atomic import atomic_write_bytes
+from scripts.model_files import load_configured_weights
 from scripts.outputs import landmark_record
 
 
@@ -33,6 +35,7 @@ class LandmarkPredictor:
         self.descriptions = dict(parser.get_parsed_content("landmark_descriptions"))
         self.preprocessing = parser.get_parsed_content("preprocessing")
         self.network = parser.get_parsed_content("network")
+        load_configured_weights(parser.get_parsed_content("handlers"))  # the single model's CheckpointLoader
         self.inferer = parser.get_parsed_content("inferer")
         self.extract = parser.get_parsed_content("postprocessing").transforms[0]  # ExtractLandmarksd
         self.device = parser.get_parsed_content("device")
@@ -44,14 +47,15 @@ class LandmarkPredictor:
         Bad input raises LandmarkDataError naming the file."""
         try:
             data = self.preprocessing({"image": image_path})
-        except LandmarkDataError:
+        except LandmarkError:
             raise
         except Exception as error:  # MONAI wraps reader errors in RuntimeError chains
+            ours = bundle_error_in(error)
+            if ours is not None:
+                raise ours from None
             cause = error
             while cause.__cause__ is not None:
                 cause = cause.__cause__
-            if isinstance(cause, LandmarkDataError):
-                raise cause from None
             raise LandmarkDataError(image_path, str(cause).splitlines()[0] if str(cause) else type(cause).__name__) from None
         with self._lock, torch.inference_mode():
             heatmaps = self.inferer(data["image"][None].to(self.device), self.network)[0]
@@ -63,10 +67,11 @@ class LandmarkPredictor:
 def write_landmark_label(image_path: str, record: Mapping, output_path: str, radius_mm: float = 2.0,
                          landmark_names: Sequence[str] | None = None) -> dict[str, int]:
     """A label image on ``image_path``'s grid: a sphere of ``radius_mm`` (at least the voxel under the point)
-    per found landmark, label = landmark index + 1. Returns {name: label}; written atomically."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(image_path))
-    reader.ReadImageInformation()
+    per found landmark, label = landmark index + 1. Returns {name: label}; written atomically.
+
+    ``image_path`` is read under the reader policy (scripts.image_io.image_geometry), so a DICOM series
+    folder gets its label on the series' grid; what the policy refuses raises LandmarkDataError."""
+    reader = image_geometry(image_path)
     size = np.asarray(reader.GetSize()[:3])
     spacing = np.asarray(reader.GetSpacing()[:3])
     names = list(landmark_names or record["landmarks"])

@@ -3,7 +3,7 @@
     python -m scripts.train_folds [--bundle_root .] [--folds 0 1 2] [--members 5] [-- extra bundle arguments]
 
 Each fold runs the bundle's own command, ``python -m monai.bundle run --config_file configs/train.json
---fold N`` (first ``--stage coarse`` when the plans have a cascade), so its models land in
+--fold N`` (first with configs/train_coarse.json merged over it when the plans have a cascade), so its models land in
 ``models/fold_N/`` and an interrupted fold continues from its last saved state when this is run again;
 finished folds return at once. With planned folds every fold is trained; a one-subject dataset has no
 folds, and ``--members`` seeds (default 5) trained on all of it are the ensemble instead.
@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from scripts.errors import LandmarkConfigError, cli_main
+
 DEFAULT_SEED_MEMBERS = 5
 
 
@@ -28,7 +30,7 @@ def fold_numbers(plans: dict, requested: list[int] | None, members: int) -> list
     if requested:
         wrong = [f for f in requested if f < 0 or (planned and f >= planned)]
         if wrong:
-            raise SystemExit(f"error: fold(s) {wrong} do not exist: the plans have {planned or 'no'} folds")
+            raise LandmarkConfigError("--folds", f"fold(s) {wrong} do not exist: the plans have {planned or 'no'} folds")
         return sorted(set(requested))
     return list(range(planned if planned else members))
 
@@ -38,13 +40,12 @@ def stages(plans: dict) -> list[str]:
 
 
 def command(bundle_root: Path, fold: int, stage: str, extra: list[str]) -> list[str]:
-    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json", "--bundle_root", str(bundle_root),
-            "--fold", str(fold)]
-    if stage == "coarse":
-        args += ["--stage", "coarse"]
-    return args + extra
+    files = "['configs/train.json','configs/train_coarse.json']" if stage == "coarse" else "configs/train.json"
+    return [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, "--bundle_root", str(bundle_root),
+            "--fold", str(fold)] + extra
 
 
+@cli_main
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
     bundle_root = args.bundle_root.resolve()
     plans_file = bundle_root / "configs" / "plans.json"
     if not plans_file.is_file():
-        raise SystemExit(f"error: {plans_file}: no plans; run `python -m scripts.plan DATALIST --bundle_root DIR` first")
+        raise LandmarkConfigError(plans_file, "no plans; run `python -m scripts.plan DATALIST --bundle_root DIR` first")
     plans = json.loads(plans_file.read_text())
     folds = fold_numbers(plans, args.folds, args.members)
     kind = "folds" if plans["configuration"].get("folds") else "seed members (no folds planned)"

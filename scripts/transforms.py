@@ -24,6 +24,7 @@ from scripts.heatmaps import extract_landmarks, pair_permutation, correct_left_r
 from scripts.uncertainty import configuration_flags, heatmap_covariances, radii
 from scripts.image_io import check_finite, check_fits_in_memory, check_image_data
 from scripts.landmark_io import landmarks_to_array, voxel_spacing, voxel_to_world, world_to_voxel
+from scripts.landmark_names import unknown_message
 
 
 def image_sources(image) -> list[str]:
@@ -46,7 +47,10 @@ def affine_of(image) -> np.ndarray:
 class LoadLandmarksd(Transform):
     """``{name: [x, y, z]}`` (as resolved by the datalist loader) -> ``landmarks_world`` (N, 3), NaN = unannotated.
 
-    Entries without landmarks (inference) get an all-NaN array so batches always collate.
+    Entries without landmarks (inference) get an all-NaN array so batches always collate. A name that is
+    not one of ``landmark_names`` raises LandmarkDataError (naming the image and every such name): a point
+    is never dropped silently (the datalist loader has already matched names to channels, see
+    scripts.landmark_names).
     """
 
     def __init__(self, landmark_names: Sequence[str], key: str = "landmarks", world_key: str = "landmarks_world"):
@@ -60,6 +64,11 @@ class LoadLandmarksd(Transform):
         if isinstance(given, np.ndarray) or torch.is_tensor(given):
             d[self.world_key] = np.asarray(given, dtype=np.float64).reshape(len(self.landmark_names), 3)
         else:
+            unknown = [f"'{name}'" for name in given if name not in self.landmark_names]
+            if unknown:
+                image = d.get("image", "<case>")
+                source = image if isinstance(image, (str, os.PathLike)) else image_source(image)
+                raise LandmarkDataError(source, "annotation " + unknown_message(unknown, "the model's landmark_names"))
             d[self.world_key] = landmarks_to_array(given, self.landmark_names)
         return d
 
@@ -262,7 +271,7 @@ class ExtractLandmarksd(Transform):
         image_key: str = "image",
         left_right_pairs: Sequence[Sequence[int]] = (),
         found_threshold: float = 0.25,
-        sigma: float | None = None,
+        sigma: float | Sequence[float] | None = None,
         calibration: Mapping | None = None,
         landmark_names: Sequence[str] | None = None,
     ):
@@ -270,7 +279,7 @@ class ExtractLandmarksd(Transform):
         self.image_key = image_key
         self.pairs = [tuple(p) for p in left_right_pairs]
         self.found_threshold = found_threshold
-        self.sigma = sigma  # set: also the heatmap spread (covariance) per landmark
+        self.sigma = sigma  # the trained target's, voxels (one or per axis); set: also the heatmap covariance per landmark
         self.calibration = dict(calibration or {})
         self.landmark_names = list(landmark_names or [])
 

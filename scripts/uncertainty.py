@@ -34,11 +34,12 @@ MAD_FLOOR_MM = 2.0
 DEFAULT_COVERAGE = 0.9
 
 
-def heatmap_covariances(heatmaps, peaks: np.ndarray, sigma: float, affine: np.ndarray) -> np.ndarray:
-    """(N, 3, 3) world covariance (mm^2) of each channel around its peak voxel (float (N, 3))."""
+def heatmap_covariances(heatmaps, peaks: np.ndarray, sigma, affine: np.ndarray) -> np.ndarray:
+    """(N, 3, 3) world covariance (mm^2) of each channel around its peak voxel (float (N, 3)); ``sigma`` is the
+    trained target's, in voxels, one value or one per axis (the window reaches ``SPREAD_REACH`` sigma per axis)."""
     volume = heatmaps.detach().as_subclass(torch.Tensor) if isinstance(heatmaps, torch.Tensor) else torch.as_tensor(np.asarray(heatmaps))
     linear = np.asarray(affine, dtype=np.float64)[:3, :3]
-    reach = int(math.ceil(SPREAD_REACH * sigma))
+    reach = np.ceil(SPREAD_REACH * np.broadcast_to(np.asarray(sigma, dtype=np.float64), (3,))).astype(int)
     shape = np.asarray(volume.shape[1:])
     out = np.full((volume.shape[0], 3, 3), np.nan)
     for c, peak in enumerate(np.asarray(peaks, dtype=np.float64)):

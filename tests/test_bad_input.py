@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from scripts.data import check_cases, select_cases
+from scripts.errors import LandmarkDataError
 
 NAMES = ["AC", "PC"]
 PROJECT = Path(__file__).resolve().parent.parent
@@ -42,8 +43,8 @@ def training_cases(datalist: str) -> list:
 
 
 def assert_one_line_error(excinfo, *fragments):
-    message = str(excinfo.value.code)
-    assert message.startswith("error: ") and "Traceback" not in message
+    message = str(excinfo.value)
+    assert "\n" not in message and "Traceback" not in message
     for fragment in fragments:
         assert fragment in message, message
     return message
@@ -58,7 +59,7 @@ def test_truncated_image(tmp_path, good):
     entry, image = good
     data = Path(image).read_bytes()
     (tmp_path / "cut.nii.gz").write_bytes(data[: len(data) // 2])
-    with pytest.raises(SystemExit) as excinfo:
+    with pytest.raises(LandmarkDataError) as excinfo:
         training_cases(write_datalist(tmp_path, [entry, {**entry, "image": "cut.nii.gz"}]))
     assert_one_line_error(excinfo, "cut.nii.gz", "cannot read image")
 
@@ -66,7 +67,7 @@ def test_truncated_image(tmp_path, good):
 def test_corrupt_file(tmp_path, good):
     entry, _ = good
     (tmp_path / "noise.nii.gz").write_bytes(gzip.compress(b"this is not an image" * 50))
-    with pytest.raises(SystemExit) as excinfo:
+    with pytest.raises(LandmarkDataError) as excinfo:
         training_cases(write_datalist(tmp_path, [{**entry, "image": "noise.nii.gz"}]))
     assert_one_line_error(excinfo, "noise.nii.gz", "cannot read image")
 
@@ -74,7 +75,7 @@ def test_corrupt_file(tmp_path, good):
 def test_2d_image(tmp_path, good):
     entry, _ = good
     write_image(tmp_path / "flat.nii.gz", np.zeros((12, 12)))
-    with pytest.raises(SystemExit) as excinfo:
+    with pytest.raises(LandmarkDataError) as excinfo:
         training_cases(write_datalist(tmp_path, [{**entry, "image": "flat.nii.gz"}]))
     assert_one_line_error(excinfo, "flat.nii.gz", "2D image", "expected a 3D image")
 
@@ -82,7 +83,7 @@ def test_2d_image(tmp_path, good):
 def test_4d_image(tmp_path, good):
     entry, _ = good
     write_image(tmp_path / "series.nii.gz", np.zeros((12, 12, 12, 3)))
-    with pytest.raises(SystemExit) as excinfo:
+    with pytest.raises(LandmarkDataError) as excinfo:
         training_cases(write_datalist(tmp_path, [{**entry, "image": "series.nii.gz"}]))
     assert_one_line_error(excinfo, "series.nii.gz", "4D image")
 
@@ -92,7 +93,7 @@ def test_nan_intensities(tmp_path, good):
     array = np.ones((12, 12, 12))
     array[3, 4, 5] = np.nan
     write_image(tmp_path / "nan.nii.gz", array)
-    with pytest.raises(SystemExit) as excinfo:
+    with pytest.raises(LandmarkDataError) as excinfo:
         training_cases(write_datalist(tmp_path, [{**entry, "image": "nan.nii.gz"}]))
     assert_one_line_error(excinfo, "nan.nii.gz", "NaN")
 
@@ -100,7 +101,7 @@ def test_nan_intensities(tmp_path, good):
 def test_annotation_outside_its_image(tmp_path, good):
     entry, _ = good
     outside = {**entry, "landmarks": {"AC": [3.0, 4.0, 5.0], "PC": [6.0, 60.0, 6.0]}}
-    with pytest.raises(SystemExit) as excinfo:
+    with pytest.raises(LandmarkDataError) as excinfo:
         training_cases(write_datalist(tmp_path, [outside]))
     assert_one_line_error(excinfo, "good.nii.gz", "outside the image", "PC")
 
@@ -109,16 +110,17 @@ def test_every_problem_is_reported_at_once(tmp_path, good):
     entry, _ = good
     write_image(tmp_path / "flat.nii.gz", np.zeros((12, 12)))
     outside = {**entry, "landmarks": {"AC": [-40.0, 4.0, 5.0]}}
-    with pytest.raises(SystemExit) as excinfo:
+    with pytest.raises(LandmarkDataError) as excinfo:
         training_cases(write_datalist(tmp_path, [{**entry, "image": "flat.nii.gz"}, outside]))
-    lines = str(excinfo.value.code).splitlines()
-    assert len(lines) == 2 and "flat.nii.gz" in lines[0] and "AC" in lines[1]
+    message = str(excinfo.value)  # one line: "training cases: 2 problems: <flat.nii.gz: ...>; <good.nii.gz: ... AC>"
+    assert "\n" not in message and "2 problems" in message
+    assert message.index("flat.nii.gz") < message.index("outside the image: AC")
 
 
 def test_unknown_landmark_name(tmp_path, good):
     entry, _ = good
     (tmp_path / "case.json").write_text(json.dumps({"AC": [1, 2, 3], "XYZ": [1, 2, 3]}))
-    with pytest.raises(SystemExit) as excinfo:
+    with pytest.raises(LandmarkDataError) as excinfo:
         training_cases(write_datalist(tmp_path, [{**entry, "landmarks": "case.json"}]))
     assert_one_line_error(excinfo, "case.json", "XYZ")
 
@@ -126,20 +128,20 @@ def test_unknown_landmark_name(tmp_path, good):
 def test_duplicate_landmark_name(tmp_path, good):
     entry, _ = good
     (tmp_path / "case.csv").write_text("name,x,y,z\nAC,1,2,3\nAC,2,3,4\n")
-    with pytest.raises(SystemExit) as excinfo:
+    with pytest.raises(LandmarkDataError) as excinfo:
         training_cases(write_datalist(tmp_path, [{**entry, "landmarks": "case.csv"}]))
     assert_one_line_error(excinfo, "case.csv", "duplicate landmark name 'AC'")
 
 
 def test_empty_datalist(tmp_path):
-    with pytest.raises(SystemExit) as excinfo:
+    with pytest.raises(LandmarkDataError) as excinfo:
         training_cases(write_datalist(tmp_path, []))
     assert_one_line_error(excinfo, "datalist.json")
 
 
 def test_missing_image_file(tmp_path, good):
     entry, _ = good
-    with pytest.raises(SystemExit) as excinfo:
+    with pytest.raises(LandmarkDataError) as excinfo:
         training_cases(write_datalist(tmp_path, [{**entry, "image": "nowhere.nii.gz"}]))
     assert_one_line_error(excinfo, "nowhere.nii.gz", "not found")
 

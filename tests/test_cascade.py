@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from scripts.cascade import CascadeInferer, coarse_shape, coarse_to_fine, cover_with_patches
+from scripts.errors import LandmarkConfigError
 from scripts.heatmaps import extract_landmarks, render_heatmaps
 from scripts.landmark_io import voxel_to_world
 from scripts.plans import stage_configuration
@@ -78,7 +79,7 @@ def test_stage_configuration_swaps_in_the_coarse_numbers():
     coarse = stage_configuration(configuration, "coarse")
     assert coarse["spacing"] == [4, 4, 4] and coarse["patch_size"] == [64] * 3 and coarse["sigma_voxels"] == 2.0
     assert stage_configuration(configuration, "fine") is configuration
-    with pytest.raises(SystemExit, match="no cascade"):
+    with pytest.raises(LandmarkConfigError, match="no cascade"):
         stage_configuration({**configuration, "cascade": None}, "coarse")
 
 

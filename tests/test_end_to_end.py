@@ -80,11 +80,19 @@ def test_planned_configs_pass_bundle_property_checks(trained):
 
 def test_training_learns_and_saves_checkpoints(trained):
     models = trained["bundle"] / "models"
-    best = torch.load(models / "model.pt", map_location="cpu", weights_only=False)
-    assert best["landmark_info"]["landmark_names"] == LANDMARK_NAMES
-    assert any(k.startswith("net.") for k in best["model"])
+    best = torch.load(models / "model.pt", map_location="cpu", weights_only=True)  # a plain state dict (model-zoo form)
+    assert best and all(k.startswith("net.") and isinstance(v, torch.Tensor) for k, v in best.items())
+    sidecar = json.loads((models / "model.json").read_text())  # its identity, beside it
+    assert sidecar["landmark_names"] == LANDMARK_NAMES and len(sidecar["plans_hash"]) == 16
+    curves = json.loads((models / "training_curves.json").read_text())  # beside the checkpoints, with the PNG
+    assert curves["epoch"] == list(range(1, 41)) and curves["validation"]["epoch"] == [10, 20, 30, 40]
+    assert np.mean(curves["train_loss"][-5:]) < np.mean(curves["train_loss"][:5]) and curves["lr"][0] == pytest.approx(0.003)
+    assert (models / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert [p.name for p in models.glob("checkpoint_*.pt")] == ["checkpoint_epoch=40.pt"]
     assert "epoch 40/40" in trained["train_log"] and "val_mre" in trained["train_log"]
+    # run-time choices are logged: the precision auto picked on this machine, the workers, the data-wait share
+    assert "training precision: " in trained["train_log"] and "worker process(es) for" in trained["train_log"]
+    assert "% of it waiting for data" in trained["train_log"]
 
 
 def test_inference_finds_held_out_landmarks(trained, predictions):

@@ -7,7 +7,9 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from scripts.engines import LandmarkCheckpointInfo, MaskedHeatmapMSELoss, found_threshold, prepare_landmark_batch
+from scripts.errors import LandmarkConfigError
+from scripts.engines import LandmarkCheckpointInfo, found_threshold, prepare_landmark_batch
+from scripts.losses import MaskedHeatmapMSELoss
 from scripts.metrics import LandmarkErrorMetric
 
 
@@ -47,9 +49,9 @@ def test_prepare_batch_hands_the_mask_to_the_loss():
 def test_checkpoint_with_other_landmarks_fails_clearly():
     info = LandmarkCheckpointInfo(["AC", "PC"], source="models/model.pt")
     info.load_state_dict({"landmark_names": ["AC", "PC"]})
-    with pytest.raises(SystemExit, match=r"models/model.pt: checkpoint landmarks do not match the config \(missing \['PC'\], unexpected \['ICS'\]\)"):
+    with pytest.raises(LandmarkConfigError, match=r"models/model.pt: checkpoint landmarks do not match the config \(missing \['PC'\], unexpected \['ICS'\]\)"):
         info.load_state_dict({"landmark_names": ["AC", "ICS"]})
-    with pytest.raises(SystemExit, match="same names in another order"):
+    with pytest.raises(LandmarkConfigError, match="same names in another order"):
         info.load_state_dict({"landmark_names": ["PC", "AC"]})
 
 

@@ -5,9 +5,11 @@ import pytest
 import torch
 from monai.inferers import SlidingWindowInferer
 
-from scripts.ensemble import HeatmapEnsemble, build_network, parse_switch
+from scripts.ensemble import HeatmapEnsemble, build_network
+from scripts.errors import LandmarkConfigError, LandmarkDataError
+from scripts.cli_args import parse_switch
 from scripts.heatmaps import extract_landmarks
-from scripts.model_files import member_files
+from scripts.model_files import member_files, write_sidecar
 from scripts.network import LandmarkHeatmapNet
 from scripts.pretrained import transfer_weights
 
@@ -69,8 +71,10 @@ def test_ensemble_of_two_members_averages_their_heatmaps():
 
 
 def save_model(path, net, names):
+    """Weights as training writes them: the plain state dict and its sidecar (scripts.model_files)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": net.state_dict(), "landmark_info": {"landmark_names": list(names), "plans_hash": ""}}, path)
+    torch.save(net.state_dict(), path)
+    write_sidecar(str(path), {"landmark_names": list(names), "plans_hash": ""})
 
 
 def small_net(out_channels=3, seed=0):
@@ -97,10 +101,10 @@ def test_build_network_loads_each_fold_and_refuses_other_landmarks(tmp_path):
     single = build_network(small_net(), files[:1], NAMES)
     assert isinstance(single, LandmarkHeatmapNet)
     save_model(tmp_path / "other.pt", small_net(), ["Nasion", "REye", "LEye"])
-    with pytest.raises(SystemExit, match=r"other.pt: checkpoint landmarks do not match.*same names in another order"):
+    with pytest.raises(LandmarkConfigError, match=r"other.pt: checkpoint landmarks do not match.*same names in another order"):
         build_network(small_net(), [str(tmp_path / "other.pt")], NAMES)
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(SystemExit, match=r"broken.pt: not a readable model checkpoint"):
+    with pytest.raises(LandmarkDataError, match=r"broken.pt: not a readable model checkpoint"):
         build_network(small_net(), [str(tmp_path / "broken.pt")], NAMES)
 
 
@@ -128,5 +132,5 @@ def test_command_line_switches_read_true_and_false(text, expected):
 
 
 def test_a_misspelt_switch_is_an_error():
-    with pytest.raises(SystemExit, match=r"--tta 'ture': use true or false"):
+    with pytest.raises(LandmarkConfigError, match=r"--tta 'ture': use true or false"):
         parse_switch("ture", "tta")

@@ -33,7 +33,10 @@ def planned(tmp_path_factory):
     root = tmp_path_factory.mktemp("folds")
     datalist = make_synthetic_dataset(str(root / "data"), n_training=4, n_validation=2, n_testing=2, seed=3)
     bundle = root / "bundle"
-    run([sys.executable, "-m", "scripts.plan", datalist, "--bundle_root", bundle, "--memory_gb", "0.33"], cwd=PROJECT)
+    # contrast randomisation off: the synthetic landmarks differ by brightness alone, which it erases, and these
+    # short runs check the wiring and a falling loss (tests/test_intensity_randomization.py covers the transforms)
+    run([sys.executable, "-m", "scripts.plan", datalist, "--bundle_root", bundle, "--memory_gb", "0.33",
+         "--contrast_randomization", "off"], cwd=PROJECT)
     return {"root": root, "bundle": bundle, "datalist": datalist}
 
 
@@ -119,7 +122,9 @@ def test_torchrun_ddp_training_on_cpu_with_gloo(planned, tmp_path):
     models = bundle / "models"
     assert sorted(p.name for p in models.glob("*.pt")) == ["checkpoint_epoch=8.pt", "model.pt"]
     state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
-    assert all(k.startswith("net.") for k in state["model"]), "saved without the DDP 'module.' prefix"
+    assert all(k.startswith("net.") for k in state), "a plain state dict, saved without the DDP 'module.' prefix"
+    assert json.loads((models / "model.json").read_text())["landmark_names"] == LANDMARK_NAMES, "its sidecar, from rank 0"
+    assert json.loads((models / "training_curves.json").read_text())["epoch"] == list(range(1, 9)), "rank 0 alone records curves"
 
     out = tmp_path / "predictions"
     run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--input", planned["datalist"],
@@ -127,3 +132,21 @@ def test_torchrun_ddp_training_on_cpu_with_gloo(planned, tmp_path):
     record = json.loads(next(out.rglob("testing_000.json")).read_text())
     assert set(record["landmarks"]) == set(LANDMARK_NAMES)
     assert all(np.isfinite(v["position"]).all() for v in record["landmarks"].values())
+
+
+def test_torchrun_with_a_training_only_datalist_validates_one_case_on_two_ranks(planned, tmp_path):
+    """nnU-Net-style datalist (training cases only): validation is fold 0 of the planned split, here ONE case
+    for two ranks, which MONAI's DistributedSampler used to refuse with a traceback. About 40 s."""
+    bundle = tmp_path / "ddp_bundle"
+    shutil.copytree(planned["bundle"], bundle, ignore=shutil.ignore_patterns("models"))
+    full = json.loads(Path(planned["datalist"]).read_text())
+    training_only = Path(planned["datalist"]).with_name("training_only.json")
+    training_only.write_text(json.dumps({k: v for k, v in full.items() if k not in ("validation", "testing")}))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    launcher = [str(torchrun)] if torchrun.exists() else [sys.executable, "-m", "torch.distributed.run"]
+    log = run([*launcher, "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run", "--config_file",
+               "['configs/train.json','configs/multi_gpu_train.json']", "--bundle_root", bundle, "--datalist", training_only,
+               "--epochs", "1", "--iterations_per_epoch", "2", "--val_interval", "1"], cwd=bundle)
+    assert log.count("no validation cases: validating on fold 0 of the planned split (1 case(s)), training on its other 3") == 1
+    assert len(re.findall(r"Metrics -- .*val_mre: [0-9.]+", log)) == 1
+    assert (bundle / "models" / "model.pt").exists()

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from scripts.atomic import atomic_write_text
 from scripts.errors import LandmarkDataError
 from scripts.landmark_io import (
     MARKUPS_SCHEMA,
-    atomic_write_text,
     landmarks_to_array,
     load_datalist,
     read_landmark_descriptions,
@@ -418,25 +418,32 @@ def test_duplicate_landmark_names(data):
         load_datalist(path)
 
 
-def test_names_differing_only_in_case_or_whitespace(data):
+def test_names_differing_only_in_case_or_whitespace_are_one_name(data):
+    # one resolver for every command (scripts.landmark_names): case and whitespace are ignored
     path = write_json(data / "d.json", {"landmark_names": ["AC", "PC"], "training": entries({"ac ": [0, 0, 0]})})
-    with fails(f"{path} (training[0] landmarks)", "landmark 'ac ' differs only in case/whitespace from 'AC'"):
-        load_datalist(path)
+    assert load_datalist(path).section("training")[0]["landmarks"] == {"AC": [0.0, 0.0, 0.0]}
     path = write_json(data / "d.json", {"landmark_names": ["AC", "a c"], "training": entries({"AC": [0, 0, 0]})})
     with fails(path, "landmark_names 'AC' and 'a c' differ only in case/whitespace"):
         load_datalist(path)
-    path = write_json(data / "d.json", {"training": entries({"AC": [0, 0, 0]}, {"ac ": [0, 0, 0]})})
-    with fails(f"{path} (training[1] landmarks)", "landmark 'ac ' differs only in case/whitespace from 'AC'"):
+    path = write_json(data / "d.json", {"training": entries({"AC": [0, 0, 0]}, {"ac ": [1, 1, 1]})})
+    datalist = load_datalist(path)
+    assert datalist.landmark_names == ["AC"]
+    assert datalist.section("training")[1]["landmarks"] == {"AC": [1.0, 1.0, 1.0]}
+    path = write_json(data / "d.json", {"training": entries({"AC": [0, 0, 0], "ac ": [1, 1, 1]})})
+    with fails(f"{path} (training[0] landmarks)", "landmark 'ac ' differs only in case/whitespace from 'AC': both are 'AC'"):
         load_datalist(path)
 
 
 def test_real_afids_files_that_differ_only_in_case(tmp_path):
-    # afids-cnn writes "culmen", afids-utils "Culmen": one datalist cannot mix them silently
+    # afids-cnn writes "culmen", afids-utils "Culmen": the same landmark, one channel (the first spelling)
     make_image(tmp_path / "t1.nii.gz")
     path = write_json(tmp_path / "d.json", {"training": [
         {"image": "t1.nii.gz", "landmarks": str(AFIDS_CNN_FCSV)}, {"image": "t1.nii.gz", "landmarks": str(AFIDS_UTILS_FCSV)}]})
-    with fails(AFIDS_UTILS_FCSV, "landmark 'Culmen' differs only in case/whitespace from 'culmen'"):
-        load_datalist(path)
+    datalist = load_datalist(path)
+    assert datalist.landmark_names == list(read_landmarks(AFIDS_CNN_FCSV))
+    first, second = datalist.section("training")
+    assert list(second["landmarks"]) == list(first["landmarks"])  # every Culmen-style spelling mapped
+    np.testing.assert_allclose(second["landmarks"]["culmen"], read_landmarks(AFIDS_UTILS_FCSV)["Culmen"])
 
 
 @pytest.mark.parametrize(

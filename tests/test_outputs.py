@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
+from scripts.errors import LandmarkConfigError
 from scripts.figures import WriteLandmarkFigured
 from scripts.landmark_io import read_landmark_descriptions, read_landmarks
 from scripts.outputs import InferenceSummary, WriteLandmarksd
@@ -65,14 +66,14 @@ def test_an_unwritable_output_folder_is_a_one_line_error_before_any_work(tmp_pat
 
     (tmp_path / "scan.nii.gz").write_bytes(b"")
     (tmp_path / "taken").write_text("a file where the output folder should be")
-    with pytest.raises(SystemExit, match=r"^error: .*taken/out: cannot write the outputs here"):
+    with pytest.raises(LandmarkConfigError, match=r"^.*taken/out: cannot write the outputs here"):
         resolve_inputs(str(tmp_path / "scan.nii.gz"), str(tmp_path / "taken" / "out"))
 
 
 def test_a_failing_write_names_the_file_and_leaves_no_partial_output(tmp_path):
     data = prediction(tmp_path)
     (tmp_path / "blocked").write_text("not a folder")
-    with pytest.raises(SystemExit, match=r"^error: .*blocked/site/scan\.fcsv: cannot write"):
+    with pytest.raises(LandmarkConfigError, match=r"^.*blocked/site/scan\.fcsv: cannot write"):
         WriteLandmarksd(str(tmp_path / "blocked"), NAMES)(data)
     assert (tmp_path / "blocked").read_text() == "not a folder"
 
@@ -84,6 +85,6 @@ def test_a_case_is_written_whole_or_not_at_all(tmp_path):
     (out / "site" / "scan.json").mkdir(parents=True)  # a folder where the .json must go: os.replace fails
     data = WriteLandmarkFigured(str(out), NAMES)(prediction(tmp_path))
     assert data["output_files"] == [str(out / "site" / "scan_landmarks.png")] and (out / "site" / "scan_landmarks.png").exists()
-    with pytest.raises(SystemExit, match=r"^error: .*out/site/scan\.json: cannot write \(Is a directory\)"):
+    with pytest.raises(LandmarkConfigError, match=r"^.*out/site/scan\.json: cannot write \(Is a directory\)"):
         WriteLandmarksd(str(out), NAMES)(data)
     assert sorted(p.name for p in (out / "site").iterdir()) == ["scan.json"], "only the blocking folder is left"

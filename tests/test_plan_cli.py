@@ -74,7 +74,7 @@ def test_planning_twice_is_byte_identical(bundle, dataset, tmp_path):
         assert filecmp.cmp(bundle / "configs" / name, again / "configs" / name, shallow=False), name
 
 
-def test_refuses_to_overwrite_a_trained_bundle_and_keeps_release_fields(dataset, tmp_path):
+def test_refuses_to_overwrite_a_trained_bundle_and_keeps_release_fields(dataset, tmp_path, capsys):
     _, datalist = dataset
     target = tmp_path / "trained"
     assert plan_main([datalist, "--bundle_root", str(target)]) == 0
@@ -83,8 +83,9 @@ def test_refuses_to_overwrite_a_trained_bundle_and_keeps_release_fields(dataset,
     metadata.update(version="1.2.0", changelog={"1.2.0": "retrained"}, eval_metrics={"mre_mm": 1.1})
     metadata_file.write_text(json.dumps(metadata))
     torch.save({"model": {}}, target / "models" / "model.pt")
-    with pytest.raises(SystemExit, match="refusing to overwrite"):
+    with pytest.raises(SystemExit) as refused:  # the command line: one line on stderr, exit status 1
         plan_main([datalist, "--bundle_root", str(target)])
+    assert refused.value.code == 1 and "refusing to overwrite its configs (use --force)" in capsys.readouterr().err
     assert plan_main([datalist, "--bundle_root", str(target), "--force"]) == 0
     kept = json.loads(metadata_file.read_text())
     assert kept["version"] == "1.2.0" and kept["changelog"] == {"1.2.0": "retrained"} and kept["eval_metrics"] == {"mre_mm": 1.1}

@@ -18,7 +18,8 @@ from scripts.planning.decisions import (
     determine_target_spacing,
     network_topology,
 )
-from scripts.planning.fingerprint import left_right_candidates, name_variants
+from scripts.landmark_names import name_variants
+from scripts.planning.fingerprint import left_right_candidates
 from scripts.planning.memory import count_parameters, estimate_inference_memory_bytes
 
 MIDLINE = {  # RAS mm around the image centre; x = 0 is the mid-sagittal plane
@@ -156,7 +157,7 @@ def test_heads_mr_spacing_sigma(heads):
     assert fingerprint["modality"] == ["MR"] and config["modality"] == "MR"
     assert config["normalization"] == {"scheme": "zscore_per_image", "clip": None, "mean": None, "std": None}
     assert config["spacing"] == [1.0, 1.0, 1.0]
-    assert config["sigma_voxels"] == 4.0
+    assert config["sigma_voxels"] == [4.0, 4.0, 4.0] and config["sigma_mm"] == 4.0
     assert config["in_channels"] == 1 and len(config["landmark_names"]) == 22
     assert config["cascade"] is None  # the whole 64x72x60 head is < 8 patches
     assert config["augmentation"]["tier"] == "heavy"  # 4 cases
@@ -194,9 +195,9 @@ def test_plans_are_deterministic_and_json(heads):
 def test_configuration_keys(heads):
     config = heads[2]["configuration"]
     assert list(config) == [
-        "landmark_names", "left_right_pairs", "in_channels", "modality", "spacing", "normalization", "sigma_voxels",
+        "landmark_names", "left_right_pairs", "in_channels", "modality", "spacing", "normalization", "sigma_mm", "sigma_voxels",
         "patch_size", "batch_size", "kernel_size", "strides", "filters", "sw_overlap", "sw_batch_size", "tta_mirror_axes",
-        "iterations_per_epoch", "epochs", "val_interval", "learning_rate", "loss_foreground_weight", "landmark_sampling_ratio", "augmentation",
+        "iterations_per_epoch", "epochs", "training_hours", "val_interval", "learning_rate", "loss_foreground_weight", "landmark_sampling_ratio", "augmentation",
         "folds", "cascade",
     ]
     assert config["strides"][0] == [1, 1, 1] and len(config["strides"]) == len(config["kernel_size"]) == len(config["filters"])
@@ -369,7 +370,9 @@ def synthetic_fingerprint(shape, spacing, n_landmarks=10, neighbour_mm=14.0, n_c
 
 def test_sigma_rule():
     def sigma(mm, spacing=(1.0, 1.0, 1.0)):
-        return determine_sigma(synthetic_fingerprint((64,) * 3, spacing, neighbour_mm=mm), spacing)[0]
+        value = determine_sigma(synthetic_fingerprint((64,) * 3, spacing, neighbour_mm=mm), spacing)[0]
+        assert value["voxels"] == [value["voxels"][0]] * 3 and value["mm"] == value["voxels"][0] * spacing[0]
+        return value["voxels"][0]
 
     assert sigma(14) == 4.0  # default
     assert sigma(48) == 6.0  # far apart: d / 8

@@ -1,13 +1,18 @@
-"""Reduced-precision inference: which dtype is chosen, and that the output layer stays float32."""
+"""Reduced precision in inference and training: which dtype is chosen, that the output layer stays float32,
+and that a mixed-precision training step (real SupervisedTrainer) learns like a float32 one. Small tensors
+only (16^3-24^3): bfloat16 is emulated, and slow, on CPUs without it."""
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 
 from scripts.ensemble import HeatmapEnsemble, build_network
+from scripts.errors import LandmarkConfigError
 from scripts.network import LandmarkHeatmapNet
-from scripts.precision import ReducedPrecisionHeatmapNet, inference_dtype, native_bfloat16, with_precision
+from scripts.precision import (ReducedPrecisionHeatmapNet, inference_dtype, native_bfloat16, needs_grad_scaler, training_dtype,
+                               training_network, with_precision)
 
 NAMES = ["A", "B"]
 
@@ -22,8 +27,19 @@ def test_precision_names_map_to_dtypes_and_auto_follows_the_processor():
     assert inference_dtype("float32", cpu) == torch.float32
     assert inference_dtype("bfloat16", "cpu") == torch.bfloat16
     assert inference_dtype(" AUTO ", cpu) == (torch.bfloat16 if native_bfloat16(cpu) else torch.float32)
-    with pytest.raises(SystemExit, match=r"--precision 'half': use one of auto, float32, bfloat16"):
+    with pytest.raises(LandmarkConfigError, match=r"^--precision: 'half' is not a precision: use one of auto, float32, bfloat16, float16$"):
         inference_dtype("half", cpu)
+
+
+def test_training_precision_auto_follows_the_processor_and_float16_needs_cuda():
+    cpu = torch.device("cpu")
+    assert training_dtype("auto", cpu) == (torch.bfloat16 if native_bfloat16(cpu) else torch.float32)
+    assert training_dtype("Float32", "cpu") == torch.float32 and training_dtype("bfloat16", cpu) == torch.bfloat16
+    assert not needs_grad_scaler("auto", cpu) and not needs_grad_scaler("bfloat16", cpu)
+    with pytest.raises(LandmarkConfigError, match=r"^--precision: float16 needs a CUDA device, not cpu: use bfloat16 or float32$"):
+        training_dtype("float16", cpu)
+    with pytest.raises(LandmarkConfigError, match="is not a precision"):
+        needs_grad_scaler("fp8", cpu)
 
 
 def test_split_forward_equals_dynunet_forward():
@@ -70,3 +86,70 @@ def test_build_network_wraps_every_member(tmp_path):
     assert isinstance(build_network(small_net(), files[:1], NAMES, precision="float32"), LandmarkHeatmapNet)
     ensemble = build_network(small_net(), files, NAMES, precision="bfloat16")
     assert isinstance(ensemble, HeatmapEnsemble) and all(isinstance(m, ReducedPrecisionHeatmapNet) for m in ensemble.members)
+
+
+def test_output_layer_stays_float32_inside_an_outer_autocast():
+    """MONAI's amp (CUDA float16) wraps the whole forward in autocast; the wrapper still runs its head in float32."""
+    net = small_net()
+    wrapped = with_precision(net, torch.bfloat16)
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = wrapped(x)
+    with torch.inference_mode():
+        outside = wrapped(x)
+    assert inside.dtype == torch.float32 and torch.equal(inside, outside)
+
+
+def _train(precision: str, iterations: int = 30) -> tuple[float, float, LandmarkHeatmapNet, torch.Tensor]:
+    """A real SupervisedTrainer wired as train.json wires it (training_network, needs_grad_scaler) on one fixed
+    24^3 batch with a Gaussian target per landmark; (first loss, last loss, trained network, its image)."""
+    from ignite.engine import Events
+    from monai.engines import SupervisedTrainer
+
+    from scripts.engines import prepare_landmark_batch
+    from scripts.losses import MaskedHeatmapMSELoss
+    from scripts.heatmaps import render_heatmaps
+
+    net = small_net().train()
+    torch.manual_seed(1)
+    points = [[8.0, 12.0, 15.0], [16.5, 9.0, 7.5]]  # voxels
+    label = torch.as_tensor(render_heatmaps(points, [24, 24, 24], 2.0))[None]
+    image = label.sum(1, keepdim=True) + 0.1 * torch.randn(1, 1, 24, 24, 24)
+    batch = {"image": image, "label": label, "label_mask": torch.ones(1, len(NAMES))}
+    losses = []
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"), max_epochs=1, epoch_length=iterations, train_data_loader=[batch] * iterations,
+        network=training_network(net, precision, "cpu"), optimizer=torch.optim.Adam(net.parameters(), 3e-3),
+        loss_function=MaskedHeatmapMSELoss(20.0), prepare_batch=prepare_landmark_batch, decollate=False,
+        amp=needs_grad_scaler(precision, "cpu"))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"].detach())))
+    trainer.run()
+    assert trainer.state.output["pred"].dtype == torch.float32 and trainer.state.output["loss"].dtype == torch.float32
+    return losses[0], losses[-1], net, image
+
+
+@pytest.fixture
+def one_thread():
+    """Small tensors on a busy 2-core machine: two OpenMP threads wait on each other more than they compute."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_mixed_precision_training_learns_like_float32(one_thread):
+    """bfloat16 autocast training (the default where native) lowers the loss as float32 does, the weights stay
+    float32, and the trained networks agree on where the peaks are."""
+    from scripts.heatmaps import extract_landmarks
+
+    first32, last32, net32, image = _train("float32")
+    first16, last16, net16, _ = _train("bfloat16")
+    assert first16 == pytest.approx(first32, rel=0.02)
+    assert last32 < 0.5 * first32 and last16 < 0.5 * first16
+    assert last16 == pytest.approx(last32, rel=0.25)
+    assert all(p.dtype == torch.float32 for p in net16.parameters())
+    with torch.inference_mode():
+        peaks32, _ = extract_landmarks(net32.eval()(image)[0])
+        peaks16, _ = extract_landmarks(net16.eval()(image)[0])
+    truth = np.array([[8.0, 12.0, 15.0], [16.5, 9.0, 7.5]])
+    assert abs(peaks32 - truth).max() < 1.0 and abs(peaks16 - truth).max() < 1.0, (peaks32, peaks16)

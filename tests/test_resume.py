@@ -1,6 +1,7 @@
 """Nothing lost: a training killed with SIGKILL mid-epoch resumes with the same command; a broken training
 state is an error, not a silent restart; an inference rerun skips the cases already written."""
 
+import importlib.util
 import os
 import re
 import signal
@@ -54,6 +55,48 @@ def test_sigkill_mid_epoch_then_the_same_command_continues(bundle):
     assert [int(e) for e, _ in after] == list(range(resumed_at + 1, 7))
     assert float(after[0][1]) < 1.5 * float(before[-1][1]), "the loss curve continues where it stopped, not from scratch"
     assert sorted(p.name for p in (root / "models").glob("checkpoint_*.pt")) == ["checkpoint_epoch=6.pt"]
+    check_training_curves(root / "models", resumed_at)
+
+
+def check_training_curves(models: Path, resumed_at: int) -> None:
+    """The curves beside the checkpoints hold every epoch across the kill: loss, the learning rate each epoch trained with
+    (PolynomialLR, power 0.9 over 6 epochs, from 0.003: hand-computed), validation metrics at epochs 3 and 6; the PNG is
+    a real image; with tensorboard installed, MONAI's TensorBoardStatsHandler wrote the same numbers as event files."""
+    import json
+
+    import numpy as np
+    import torch
+
+    history = json.loads((models / "training_curves.json").read_text())
+    assert history["epoch"] == [1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose(history["lr"], [0.003 * (1 - e / 6) ** 0.9 for e in range(6)], rtol=1e-6)
+    assert all(np.isfinite(history["train_loss"])) and history["train_loss"][-1] < history["train_loss"][0]
+    validation = history["validation"]
+    assert validation["epoch"] == [3, 6] and all(0 < mre < 50 for mre in validation["val_mre"])
+    assert all(0 <= sdr <= 1 for sdr in validation["val_sdr_4mm"])
+    png = (models / "training_curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    import matplotlib.image
+
+    assert matplotlib.image.imread(str(models / "training_curves.png")).shape[:2] == (560, 800)  # 10 x 7 in at 80 dpi
+    # the best weights: a plain state dict (model-zoo form) and their sidecar
+    weights = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in weights.values())
+    assert json.loads((models / "model.json").read_text())["landmark_names"] == json.loads(
+        (models.parent / "configs" / "plans.json").read_text())["configuration"]["landmark_names"]
+    if importlib.util.find_spec("tensorboard") is None:
+        return  # not in requirements.txt (start-up cost, scripts/curves.py); requirements-test.txt installs it
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars: dict = {}
+    for events in sorted((models / "tensorboard").glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            scalars.setdefault(tag, {}).update({e.step: e.value for e in accumulator.Scalars(tag)})
+    assert set(range(resumed_at + 1, 7)) <= set(scalars["train_loss"]) and set(range(resumed_at + 1, 7)) <= set(scalars["lr"])
+    assert scalars["lr"][6] == pytest.approx(history["lr"][5], rel=1e-6)
+    assert sorted(scalars["val_mre"]) == [3, 6] and scalars["val_mre"][6] == pytest.approx(validation["val_mre"][1], rel=1e-6)
 
 
 def test_a_corrupt_training_state_is_an_error_not_a_fresh_start(bundle, tmp_path):

@@ -18,16 +18,18 @@ from scripts.plan import main as plan_main
 PROJECT = Path(__file__).resolve().parent.parent
 SCHEMA = PROJECT.parent / "shared" / "monai" / "meta_schema_20240725.json"
 NOT_PLANNED = ("version", "changelog", "eval_metrics", "intended_use", "monai_version", "pytorch_version", "numpy_version", "required_packages_version")
-GENERATED = ("plans.json", "train.json", "evaluate.json", "inference.json", "multi_gpu_train.json", "metadata.json", "logging.conf")
+GENERATED = ("plans.json", "train.json", "train_coarse.json", "evaluate.json", "inference.json", "multi_gpu_train.json", "metadata.json",
+             "logging.conf")
 
 
 def test_shipped_configs_parse():
-    for files in (["train.json"], ["train.json", "evaluate.json"], ["train.json", "multi_gpu_train.json"], ["inference.json"]):
+    for files in (["train.json"], ["train.json", "evaluate.json"], ["train.json", "multi_gpu_train.json"], ["train.json", "train_coarse.json"],
+                  ["inference.json"]):
         parser = ConfigParser()
         parser.read_config([str(PROJECT / "configs" / f) for f in files])
         parser["bundle_root"] = str(PROJECT)
         assert len(parser.get_parsed_content("landmark_names")) == 32
-        assert parser.get_parsed_content("plans")["cascade"]["coarse_spacing"][0] > 1.0
+        assert parser.get_parsed_content("coarse_spacing")[0] > 1.0
     assert (PROJECT / "metadata.json").is_symlink()
 
 
@@ -106,7 +108,11 @@ def test_shipped_model_in_bfloat16_finds_the_float32_positions(afids_bundle_dir)
     from monai.bundle import ConfigParser
 
     from scripts.heatmaps import extract_landmarks
+    from scripts.model_files import load_configured_weights
+    from scripts.precision import native_bfloat16
 
+    if not native_bfloat16(torch.device("cpu")):  # emulated: 279 s on a 2-core AVX2 CPU, and never the default there
+        pytest.skip("this CPU has no native bfloat16 (auto runs float32); tests/test_precision.py checks bfloat16 on small tensors")
     positions = {}
     for precision in ("float32", "bfloat16"):
         parser = ConfigParser()
@@ -115,8 +121,10 @@ def test_shipped_model_in_bfloat16_finds_the_float32_positions(afids_bundle_dir)
                        "input": str(afids_bundle_dir / "data" / "afids" / "sample" / "sample_T1w.nii.gz"),
                        "cases": [{"image": str(afids_bundle_dir / "data" / "afids" / "sample" / "sample_T1w.nii.gz")}]})
         image = parser.get_parsed_content("preprocessing")(parser.get_parsed_content("cases")[0])["image"]
+        network = parser.get_parsed_content("network")
+        load_configured_weights(parser.get_parsed_content("handlers"))  # the CheckpointLoader the evaluator runs
         with torch.inference_mode():
-            heatmaps = parser.get_parsed_content("inferer")(image[None], parser.get_parsed_content("network"))[0]
+            heatmaps = parser.get_parsed_content("inferer")(image[None], network)[0]
         positions[precision], scores = extract_landmarks(heatmaps)
     shift = np.linalg.norm(positions["bfloat16"] - positions["float32"], axis=1)[scores > 0.3]  # 1 mm voxels
     assert len(shift) >= 28 and np.median(shift) < 0.15 and np.mean(shift) < 0.25, np.round(shift, 2)

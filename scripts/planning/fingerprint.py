@@ -3,19 +3,30 @@
 Geometry comes from image headers (scripts.image_io.read_image_header), intensities from SimpleITK.
 Every number is rounded, lists whose order would be arbitrary are sorted, and sampling uses a fixed
 seed, so the same datalist always gives the same fingerprint. The rules are in docs/planner.md.
+Images are read on one thread per core; ``cached_fingerprint`` keeps the result beside the datalist
+(``<stem>.fingerprint.json``) and reuses it while the entries, the image files and this code are unchanged.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from scripts.errors import LandmarkDataError
-from scripts.image_io import check_finite, read_image_header
-from scripts.landmark_io import Datalist, landmarks_to_array, world_to_voxel
+from scripts.image_io import check_finite, read_image, read_image_header
+from scripts.atomic import atomic_write_text
+from scripts.landmark_io import Datalist, landmarks_to_array, outside_image
+from scripts.landmark_names import name_variants
+
+logger = logging.getLogger(__name__)
 
 SEED = 20240725
 WHOLE_IMAGE_SAMPLES = 100_000  # voxels drawn to estimate whole-image percentiles
@@ -108,30 +119,15 @@ def _check_same_grid(paths: list[str], geometries: list[dict]) -> None:
             )
 
 
-def _outside(header, positions: np.ndarray) -> np.ndarray:
-    """Boolean per annotated row: the voxel position lies outside the image (beyond half a voxel)."""
-    voxels = world_to_voxel(header.affine, positions)
-    shape = np.asarray(header.shape)
-    return np.any((voxels < -0.5) | (voxels > shape - 0.5), axis=1)
-
-
 # ----------------------------------------------------------------------------- intensities
 
 
 def _read_pixels(path: str) -> tuple[np.ndarray, str | None]:
-    """Voxel values (float32, flattened) and the DICOM modality tag when the file carries one."""
-    try:
-        if os.path.isdir(path):
-            reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(path))
-            reader.MetaDataDictionaryArrayUpdateOn()
-            image = reader.Execute()
-            modality = reader.GetMetaData(0, "0008|0060") if reader.HasMetaDataKey(0, "0008|0060") else None
-        else:
-            image = sitk.ReadImage(path)
-            modality = image.GetMetaData("0008|0060") if image.HasMetaDataKey("0008|0060") else None
-    except RuntimeError as error:
-        raise LandmarkDataError(path, f"cannot read image intensities: {str(error).strip().splitlines()[-1]}") from None
+    """Voxel values (float32, flattened) and the DICOM modality tag when the file carries one.
+
+    Read through the reader policy (scripts.image_io.read_image), as every other command reads it."""
+    image = read_image(path)
+    modality = image.GetMetaData("0008|0060") if image.HasMetaDataKey("0008|0060") else None
     values = sitk.GetArrayFromImage(image).astype(np.float32, copy=False).ravel()
     check_finite(path, values)
     return values, (modality.strip().upper() or None) if modality else None
@@ -255,14 +251,6 @@ def _landmark_statistics(positions: np.ndarray, names: list[str]) -> dict[str, d
             **neighbours[name],
         }
     return stats
-
-
-def name_variants(names: list[str]) -> list[list[str]]:
-    """Groups of names that differ only in case or whitespace."""
-    groups: dict[str, set[str]] = {}
-    for name in names:
-        groups.setdefault("".join(name.split()).casefold(), set()).add(name)
-    return sorted(sorted(group) for group in groups.values() if len(group) > 1)
 
 
 def _side_partners(name: str) -> list[tuple[str, str]]:
@@ -413,8 +401,7 @@ def _case_record(datalist: Datalist, section: str, index: int, entry: dict, name
     header = geometry.pop("header")
     positions = landmarks_to_array(entry.get("landmarks") or {}, names)
     annotated = np.all(np.isfinite(positions), axis=1)
-    outside = np.zeros(len(names), dtype=bool)
-    outside[annotated] = _outside(header, positions[annotated])
+    outside = outside_image(header.affine, header.shape, positions)
     if annotated.any() and outside[annotated].all():
         raise LandmarkDataError(
             paths[0], f"all {int(annotated.sum())} landmarks lie outside the image (wrong image, or LPS/RAS mixed up?)"
@@ -434,19 +421,36 @@ def _case_record(datalist: Datalist, section: str, index: int, entry: dict, name
     return record, positions, warnings
 
 
+def workers() -> int:
+    """One worker per core this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _parallel_map(function, items: list) -> list:
+    """``[function(item) for item in items]`` on one thread per core, results in order. Threads suffice: the work is
+    SimpleITK reading and numpy sorting, which release the GIL; the first error raised is re-raised as is."""
+    items = list(items)
+    if len(items) < 2 or workers() < 2:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(workers(), len(items))) as pool:
+        return list(pool.map(function, items))
+
+
 def _intensity_block(records: list[dict], cases: list[tuple[str, int, dict]], limit: int) -> tuple[list, list]:
     """Per-image statistics (into the records) and the pooled foreground statistics per channel."""
     n_channels = len(_images_of(cases[0][2]))
     pooled = [[] for _ in range(n_channels)]
     hints = [[] for _ in range(n_channels)]
     chosen = set(_intensity_cases(len(cases), limit))
+    paths = [path for position, (_, _, entry) in enumerate(cases) if position in chosen for path in _images_of(entry)]
+    read = iter(_parallel_map(image_intensities, paths))  # in order: the fingerprint does not depend on the workers
     for position, (record, (_, _, entry)) in enumerate(zip(records, cases)):
         record["intensity"] = None
         if position not in chosen:
             continue
         record["intensity"] = []
-        for channel, path in enumerate(_images_of(entry)):
-            stats, sample = image_intensities(path)
+        for channel, _ in enumerate(_images_of(entry)):
+            stats, sample = next(read)
             record["intensity"].append(stats)
             pooled[channel].append(sample)
             hints[channel].append(stats["modality_hint"])
@@ -463,6 +467,18 @@ def _intensity_block(records: list[dict], cases: list[tuple[str, int, dict]], li
     return modality, channels
 
 
+def count_subjects(entries) -> int:
+    """Distinct people (or templates) among ``entries``: an entry's ``subject`` key, else its ``anatomy`` key
+    (warps of one template share it), else its image path; several scans of one person look alike to a model."""
+    def subject(entry: dict):
+        for key in ("subject", "anatomy"):
+            if entry.get(key) not in (None, ""):
+                return (key, str(entry[key]))
+        return ("image", str(entry["image"]))
+
+    return len({subject(entry) for entry in entries})
+
+
 MAX_LANDMARKS = 512  # channels; 512 heatmaps of a 96^3 patch are already 1.8 GB per sample in float32
 
 
@@ -474,8 +490,7 @@ def fingerprint_dataset(datalist: Datalist, max_cases_for_intensity: int = 50) -
         raise LandmarkDataError(datalist.path, f"{len(names)} landmark names: over {MAX_LANDMARKS}, one heatmap channel each would not "
                                                "fit in memory (a point cloud or surface rather than landmarks?)")
     records, positions, warnings = [], [], []
-    for section, index, entry in cases:
-        record, case_positions, case_warnings = _case_record(datalist, section, index, entry, names)
+    for record, case_positions, case_warnings in _parallel_map(lambda case: _case_record(datalist, *case, names), cases):
         records.append(record)
         positions.append(case_positions)
         warnings.extend(case_warnings)
@@ -489,6 +504,7 @@ def fingerprint_dataset(datalist: Datalist, max_cases_for_intensity: int = 50) -
     entry_names = sorted({name for _, _, entry in cases for name in (entry.get("landmarks") or {})})
     return {
         "n_training": len(datalist.section("training")),
+        "n_training_subjects": count_subjects(datalist.section("training")),
         "n_validation": len(datalist.section("validation")),
         "in_channels": len(channels),
         "modality": modality,
@@ -500,3 +516,56 @@ def fingerprint_dataset(datalist: Datalist, max_cases_for_intensity: int = 50) -
         "name_variants": name_variants(sorted(set(names) | set(entry_names))),
         "warnings": sorted(warnings),
     }
+
+
+# ----------------------------------------------------------------------------- cache beside the datalist
+
+CACHE_SUFFIX = ".fingerprint.json"
+_SOURCES = ("planning/fingerprint.py", "image_io.py", "landmark_io.py", "landmark_names.py")  # the code a fingerprint depends on
+
+
+def fingerprint_cache_path(datalist: Datalist) -> Path:
+    """``<datalist stem>.fingerprint.json`` beside the datalist file."""
+    return datalist.path.with_name(datalist.path.stem + CACHE_SUFFIX)
+
+
+def _file_state(path: str) -> list:
+    """[path, size, mtime_ns] of a file, or of every file in a folder (a DICOM series)."""
+    if os.path.isdir(path):
+        return [_file_state(os.path.join(path, name)) for name in sorted(os.listdir(path))]
+    state = os.stat(path)
+    return [path, state.st_size, state.st_mtime_ns]
+
+
+def fingerprint_key(datalist: Datalist, max_cases_for_intensity: int = 50) -> str:
+    """What a fingerprint depends on, hashed: the labelled entries as loaded (landmark positions included), every
+    image's path, size and modification time, the setting, and the source of the code that computes it."""
+    root = Path(__file__).resolve().parent.parent
+    code = [hashlib.sha256((root / name).read_bytes()).hexdigest() for name in _SOURCES]
+    entries = [(section, datalist.section(section)) for section in ("training", "validation")]
+    images = sorted({path for _, section in entries for entry in section for path in _images_of(entry)})
+    content = {"code": code, "max_cases_for_intensity": max_cases_for_intensity, "names": list(datalist.landmark_names),
+               "pairs": datalist.left_right_pairs, "entries": entries, "files": [_file_state(path) for path in images]}
+    text = json.dumps(content, sort_keys=True, default=lambda value: np.asarray(value, dtype=np.float64).tolist()
+                      if isinstance(value, (np.ndarray, np.generic)) else str(value))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def cached_fingerprint(datalist: Datalist, max_cases_for_intensity: int = 50) -> dict:
+    """``fingerprint_dataset``, read from the cache beside the datalist when nothing it depends on changed
+    (``fingerprint_key``), else computed and cached there (a read-only folder just goes without a cache)."""
+    path = fingerprint_cache_path(datalist)
+    key = fingerprint_key(datalist, max_cases_for_intensity)
+    try:
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            logger.info("fingerprint read from %s", path)
+            return cached["fingerprint"]
+    except (OSError, ValueError, AttributeError):
+        pass
+    fingerprint = fingerprint_dataset(datalist, max_cases_for_intensity)
+    try:
+        atomic_write_text(path, json.dumps({"key": key, "fingerprint": fingerprint}, indent=1) + "\n")
+    except OSError as error:
+        logger.info("fingerprint not cached (%s: %s)", path, error.strerror or error)
+    return json.loads(json.dumps(fingerprint))  # the same JSON values a cache read returns

@@ -1,0 +1,74 @@
+"""Path arguments of the bundle command line stay paths, whatever they look like; switches read true/false.
+
+``python -m monai.bundle run`` parses its arguments with python-fire, which turns text that reads as a
+Python literal into that literal before the config sees it: ``--input 2024`` arrives as the int 2024,
+``--output_dir 2025_11`` as the int 202511 (underscores are digit separators), ``--output_dir 1e3`` as
+the float 1000.0, ``--input 1,2`` as a tuple (python-fire issue 116). ``str()`` alone would silently
+write into ``202511``. :func:`path_argument` takes the text as typed from ``sys.argv`` instead when it is
+there and python-fire's own parser turns it into exactly the value received; otherwise it stops with one
+line naming the argument, the value it became and the quoting that keeps it text.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from scripts.errors import LandmarkConfigError
+
+
+def typed_text(name: str, argv: Sequence[str] | None = None) -> str | None:
+    """The text typed after ``--name`` (or in ``--name=TEXT``; ``-`` and ``_`` alike, as python-fire takes
+    them) in ``argv`` (default ``sys.argv``): the last occurrence, None when absent."""
+    argv = list(sys.argv if argv is None else argv)
+    flags = {f"--{name}", f"--{name.replace('_', '-')}"}
+    found = None
+    for index, token in enumerate(argv):
+        flag, equals, text = token.partition("=")
+        if flag in flags:
+            if equals:
+                found = text
+            elif index + 1 < len(argv):
+                found = argv[index + 1]
+    return found
+
+
+def path_argument(value, name: str, argv: Sequence[str] | None = None) -> str | None:
+    """``value`` of the setting ``name`` (e.g. ``"output_dir"``) as a path string.
+
+    Strings and path objects pass unchanged (None too). Anything else (python-fire's int, float, tuple...)
+    is replaced by the text typed on the command line when python-fire parses that text into ``value``;
+    otherwise raises LandmarkConfigError, e.g. ``--output_dir: python-fire read the value as the number
+    202511, not as a path; quote it so that it stays text: --output_dir "'2025_11'"``."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    text = typed_text(name, argv)
+    if text is not None:
+        from fire.parser import DefaultParseValue
+
+        try:
+            parsed = DefaultParseValue(text)
+        except Exception:  # noqa: BLE001 - any parser failure means: not the text that gave this value
+            parsed = None
+        if parsed == value and type(parsed) is type(value):
+            return text
+    what = "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else type(value).__name__
+    shown = text if text is not None else str(value)
+    raise LandmarkConfigError(
+        f"--{name}", f"python-fire read the value as the {what} {value!r}, not as a path; quote it so that it stays text: "
+        f"--{name} \"'{shown}'\"")
+
+
+def parse_switch(value, name: str) -> bool:
+    """A config switch given as a bool or, from the command line, as text (fire passes ``--tta false`` as 'false')."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", "none", ""):
+        return False
+    raise LandmarkConfigError(f"--{name} {value!r}", "use true or false")
