@@ -122,8 +122,9 @@ def table(bundle: Path, rounds: int, warmup: int, steps: int) -> str:
         "",
         f"Written by `python bench/speed.py --training{command}` ({minutes:.1f} min) on: {machine_description()}; "
         f"`--precision auto` trains in {mixed} here. 1-minute load average {load:.1f} at the start, {load_end:.1f} at the end"
-        + (f" (above the core count, {os.cpu_count()}: other processes shared the machine, and every figure is slower than on a quiet one)."
-           if max(load, load_end) > 0.75 * (os.cpu_count() or 1) else "."),
+        + (f" (at the start, before the benchmark's own processes, above half the core count, {os.cpu_count()}: other processes "
+           "shared the machine, and every figure is slower than on a quiet one)."
+           if load > 0.5 * (os.cpu_count() or 1) else " (the end figure includes the benchmark's own processes)."),
         "",
         f"Each row: one process as training runs it (the configs' cached dataset, DataLoader with its random augmentation and heatmaps "
         f"in the workers, the trainer's network, loss and Adam), {steps} steps after {warmup} warm-up steps, the median over "

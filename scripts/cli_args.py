@@ -72,3 +72,32 @@ def parse_switch(value, name: str) -> bool:
     if text in ("false", "0", "no", "off", "none", ""):
         return False
     raise LandmarkConfigError(f"--{name} {value!r}", "use true or false")
+
+
+# the config ids that hold paths; a user may override any of them on the bundle command line
+PATH_IDS = ("bundle_root", "ckpt_dir", "dataset_dir", "output_dir", "input", "datalist", "pretrained", "plans_file")
+
+
+def fire_converted_path(argv: Sequence[str] | None = None) -> LandmarkConfigError | None:
+    """The first path id typed on the command line (``argv``, default ``sys.argv``) that python-fire turns into
+    something other than text (``--bundle_root 2024`` -> the int 2024), as the one-line error that names it and the
+    quoting that keeps it text; None when every typed path stays text.
+
+    For consumers that do not take their path through :func:`path_argument` (e.g. ``$@bundle_root + '/models'``):
+    the bundle hook (scripts.errors) prints this line instead of the TypeError traceback such a value causes."""
+    from fire.parser import DefaultParseValue
+
+    for name in PATH_IDS:
+        text = typed_text(name, argv)
+        if text is None:
+            continue
+        try:
+            value = DefaultParseValue(text)
+        except Exception:  # noqa: BLE001 - python-fire keeps unparseable text as text
+            continue
+        if not isinstance(value, str):
+            what = "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else type(value).__name__
+            return LandmarkConfigError(
+                f"--{name}", f"python-fire read the value as the {what} {value!r}, not as a path; quote it so that it stays "
+                f"text: --{name} \"'{text}'\"")
+    return None

@@ -47,15 +47,20 @@ class LandmarkConfigError(LandmarkError, ValueError):
         super().__init__(f"{self.source}: {problem}")
 
 
-def bundle_error_in(error: BaseException | None) -> LandmarkError | None:
-    """The first :class:`LandmarkError` in ``error``'s cause/context chain (MONAI's config parser wraps them)."""
+def first_in_chain(error: BaseException | None, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of ``kind`` in ``error``'s cause/context chain, else None."""
     seen = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, LandmarkError):
+        if isinstance(error, kind):
             return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None
+
+
+def bundle_error_in(error: BaseException | None) -> LandmarkError | None:
+    """The first :class:`LandmarkError` in ``error``'s cause/context chain (MONAI's config parser wraps them)."""
+    return first_in_chain(error, LandmarkError)
 
 
 def exit_line(error: LandmarkError) -> str:
@@ -98,6 +103,10 @@ class _OneLineTracebacks(logging.Filter):
 
 def _bundle_excepthook(kind, value, traceback, fallback=sys.__excepthook__):
     error = bundle_error_in(value)
+    if error is None and first_in_chain(value, TypeError) is not None:  # e.g. "$@bundle_root + '/models'" with python-fire's int 2024
+        from scripts.cli_args import fire_converted_path
+
+        error = fire_converted_path()
     if error is None:
         fallback(kind, value, traceback)
         return

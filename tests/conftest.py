@@ -14,3 +14,14 @@ def afids_bundle_dir(tmp_path_factory) -> Path:
     bundle = tmp_path_factory.mktemp("afids") / "bundle"
     build(bundle / "data" / "afids")
     return bundle
+
+
+@pytest.fixture(autouse=True)
+def _restore_grad_mode():
+    """inference.json's initialize turns autograd off for the whole process (a command line runs one config); tests
+    that run it in-process (MONAI Label, property checks) must not leave later in-process training without gradients."""
+    import torch
+
+    enabled = torch.is_grad_enabled()
+    yield
+    torch.set_grad_enabled(enabled)

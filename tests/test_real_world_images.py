@@ -291,3 +291,14 @@ def test_label_sphere_is_drawn_on_the_series_grid(tmp_path):
     offsets = [(a, b, c) for a in range(-2, 3) for b in range(-2, 3) for c in range(-2, 3) if a * a + b * b + c * c <= 4]
     assert len(offsets) == 33 and int((array == 1).sum()) == 33 and array[7, 6, 5] == 1 and not (array == 2).any()
     np.testing.assert_allclose(label.GetOrigin(), read_image(series).GetOrigin())
+
+
+def test_a_path_id_python_fire_made_a_number_is_named_with_its_quoting():
+    """Consumers that build paths with ``$@bundle_root + '/models'`` cannot take the text back: the bundle hook turns
+    the TypeError into this one line (checked by hand with a real run: exit 1, the line below)."""
+    from scripts.cli_args import fire_converted_path
+
+    error = fire_converted_path(["run", "--config_file", "configs/inference.json", "--bundle_root", "2024"])
+    assert str(error) == "--bundle_root: python-fire read the value as the number 2024, not as a path; quote it so that it stays text: --bundle_root \"'2024'\""
+    assert "202511" in str(fire_converted_path(["run", "--ckpt_dir=2025_11"]))
+    assert fire_converted_path(["run", "--bundle_root", "'2024'", "--ckpt_dir", "models/fold_0"]) is None

@@ -18,7 +18,7 @@ COMMAND_HELPERS = {"main", "cli_main", "wrapper"}  # a command's main, and the d
 
 def raises_of_system_exit(path: Path):
     """(line, enclosing function) of every ``raise SystemExit`` / ``except SystemExit`` in a module."""
-    tree = ast.parse(path.read_text(), str(path))
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
     found = []
 
     def visit(node, function):

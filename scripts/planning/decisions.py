@@ -235,32 +235,44 @@ def sigma_rule(distance_voxels: float | None) -> float:
     return _r(max(min(sigma, distance_voxels * SIGMA_NEIGHBOUR_FRACTION), SIGMA_MIN), 2)
 
 
+def geometric_mean_spacing(spacing) -> float:
+    """(s_x * s_y * s_z) ** (1/3) in mm: the edge of the cube holding one voxel's volume."""
+    return float(np.exp(np.mean(np.log(np.asarray(spacing, dtype=np.float64)))))
+
+
 def sigma_per_axis(sigma_voxels: float, spacing) -> dict:
-    """An isotropic Gaussian (in mm) of ``sigma_voxels`` voxels of the finest axis of ``spacing``, widened where
-    needed so that the coarsest axis still gets ``SIGMA_MIN`` voxels: {"mm": sigma in mm, "voxels": sigma per axis}."""
+    """An isotropic Gaussian (in mm) of ``sigma_voxels`` voxels of the geometric-mean spacing of ``spacing`` (so
+    its volume in voxels is ``sigma_voxels ** 3``), widened where needed so that the coarsest axis still gets
+    ``SIGMA_MIN`` voxels: {"mm": sigma in mm, "voxels": sigma per axis}."""
     spacing = np.asarray(spacing, dtype=np.float64)
-    sigma_mm = _r(max(sigma_voxels * float(spacing.min()), SIGMA_MIN * float(spacing.max())))
+    sigma_mm = _r(max(sigma_voxels * geometric_mean_spacing(spacing), SIGMA_MIN * float(spacing.max())))
     return {"mm": sigma_mm, "voxels": _r(sigma_mm / spacing)}
 
 
 def determine_sigma(fingerprint: dict, spacing):
     """Heatmap sigma, isotropic in millimetres and rendered per axis in voxels: the voxel rule (4; grows to 1/8 of
     the median nearest-neighbour distance, at most 8, when landmarks are far apart; never above 1/3 of that
-    distance; never below 2) counted in voxels of the finest axis, then widened until every axis has >= 2 voxels.
+    distance; never below 2) counted in voxels of the geometric-mean spacing, then widened until every axis has
+    >= 2 voxels. The geometric mean keeps the Gaussian's volume in voxels (sigma_x * sigma_y * sigma_z) at
+    nnLandmark's 4^3 on near-isotropic data, so the foreground share of a patch, which the loss balance and a
+    short schedule depend on, stays what nnLandmark's rule gives. Counting in voxels of the finest axis shrank it:
+    on the synthetic end-to-end data (1.8-2.1 mm) it gave [4.0, 3.8, 3.5] voxels and 83% of the held-out landmarks
+    within 4 voxels (float32 and bfloat16 training alike, one run each), below the test's 90%, which this rule's
+    [4.2, 4.1, 3.7] meets.
     Isotropic data gets nnLandmark's numbers; a 0.5 x 0.5 x 5 mm scan a round 10 mm Gaussian (2 slices) rather
     than a 4-voxel one 10x longer through the slices than across them."""
-    finest, coarsest = float(np.min(spacing)), float(np.max(spacing))
+    reference, coarsest = geometric_mean_spacing(spacing), float(np.max(spacing))
     distance = nearest_neighbour_mm(fingerprint)
-    voxels = sigma_rule(None if distance is None else distance / finest)
+    voxels = sigma_rule(None if distance is None else distance / reference)
     sigma = sigma_per_axis(voxels, spacing)
     if distance is None:
         head = f"no two landmarks annotated together: the default {SIGMA_DEFAULT:g}"
     else:
-        head = (f"median nearest-neighbour distance {distance:.1f} mm = {distance / finest:.1f} voxels of the finest axis "
-                f"({finest:g} mm): clamp(max(4, min(d/8, 8)), <= d/3, >= 2) = {voxels:g}")
-    floor = f", raised to {SIGMA_MIN:g} voxels of the coarsest axis ({coarsest:g} mm)" if sigma["mm"] > voxels * finest + 1e-9 else ""
+        head = (f"median nearest-neighbour distance {distance:.1f} mm = {distance / reference:.1f} voxels "
+                f"(geometric-mean spacing {_r(reference):g} mm): clamp(max(4, min(d/8, 8)), <= d/3, >= 2) = {voxels:g}")
+    floor = f", raised to {SIGMA_MIN:g} voxels of the coarsest axis ({coarsest:g} mm)" if sigma["mm"] > voxels * reference + 1e-9 else ""
     return sigma, (
-        f"{head} voxels = {_r(voxels * finest):g} mm{floor}: sigma {sigma['mm']:g} mm, isotropic in the world, "
+        f"{head} voxels = {_r(voxels * reference):g} mm{floor}: sigma {sigma['mm']:g} mm, isotropic in the world, "
         f"{sigma['voxels']} voxels per axis (a neighbour sits >= 3 sigma away, where the heatmap is < 1.1%, unless the floor wins)"
     )
 
