@@ -25,3 +25,15 @@ def _restore_grad_mode():
     enabled = torch.is_grad_enabled()
     yield
     torch.set_grad_enabled(enabled)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for tests that train on tiny tensors: on a busy 2-core machine two OpenMP threads wait
+    on each other more than they compute, and millisecond steps stay steady."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -128,15 +128,6 @@ def _train(precision: str, iterations: int = 30) -> tuple[float, float, Landmark
     return losses[0], losses[-1], net, image
 
 
-@pytest.fixture
-def one_thread():
-    """Small tensors on a busy 2-core machine: two OpenMP threads wait on each other more than they compute."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_mixed_precision_training_learns_like_float32(one_thread):
     """bfloat16 autocast training (the default where native) lowers the loss as float32 does, the weights stay
     float32, and the trained networks agree on where the peaks are."""

@@ -67,15 +67,6 @@ def trainer_for(network, loss, optimizer, loader, epochs, ckpt_dir):
                              loss_function=loss, prepare_batch=prepare_landmark_batch, train_handlers=handlers, decollate=False)
 
 
-@pytest.fixture
-def one_thread():
-    """Toy steps of a millisecond: one intra-op thread keeps them steady on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_a_real_run_fits_its_budget_and_a_resumed_run_keeps_its_epochs(tmp_path, caplog, one_thread):
     network, loss, optimizer, loader = parts()
     weights = {k: v.clone() for k, v in network.state_dict().items()}
