@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import evaluator_seconds, machine_description  # noqa: E402
 from scripts.atomic import atomic_write_text  # noqa: E402
+from scripts.errors import LandmarkDataError, cli_main  # noqa: E402
 from scripts.model_files import fold_dirs  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -52,6 +53,7 @@ def synthetic_bundle(root: Path, folds: int) -> tuple[Path, str]:
     return bundle, datalist
 
 
+@cli_main
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle_root", default=None)
@@ -65,10 +67,10 @@ def main() -> int:
     elif args.bundle_root:
         bundle, datalist = Path(args.bundle_root).resolve(), args.datalist
     else:
-        raise SystemExit("error: give --bundle_root (a bundle with models/fold_*) or --synthetic DIR")
+        parser.error("give --bundle_root (a bundle with models/fold_*) or --synthetic DIR")
     members = [d for d in fold_dirs(str(bundle / "models")) if (Path(d) / "model.pt").is_file()]
     if not members:
-        raise SystemExit(f"error: {bundle / 'models'}: no fold_N/model.pt to ensemble; train folds first (python -m scripts.train_folds)")
+        raise LandmarkDataError(bundle / "models", "no fold_N/model.pt to ensemble; train folds first (python -m scripts.train_folds)")
     variants = [("fold 0 alone", False, False), ("fold 0 + mirror TTA", False, True),
                 (f"ensemble of {len(members)} folds", True, False), (f"ensemble of {len(members)} folds + mirror TTA", True, True)]
     rows = []

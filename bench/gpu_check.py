@@ -199,7 +199,7 @@ def write_fingerprints() -> None:
 
     from scripts.datasets.synthetic import make_synthetic_dataset
     from scripts.atomic import atomic_write_text
-    from scripts.landmark_io import load_datalist
+    from scripts.data import load_datalist
     from scripts.planning.fingerprint import fingerprint_dataset
 
     FIXTURES.mkdir(parents=True, exist_ok=True)

@@ -42,22 +42,37 @@ def _bundle_command(bundle: Path, args: list, threads: int) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def train_pair(bundle: Path, work: Path, extra: list, threads: int) -> dict:
-    """Both precisions side by side; {precision: (seconds, log)}."""
-    runs, started = {}, time.perf_counter()
-    for precision in PRECISIONS:
-        ckpt = work / f"models_{precision}"
+def train_side_by_side(bundle: Path, work: Path, runs: dict, threads: int, config_files="configs/train.json",
+                       coarse_model: Path | None = None) -> dict:
+    """Start one training per entry of ``runs`` ({name: extra bundle arguments}) at once, each into
+    ``work``/models_<name> with ``threads`` threads, log in ``work``/train_<name>.log; {name: (seconds, log)}.
+
+    ``coarse_model`` (a weights file with its sidecar) is linked into every models folder as ``coarse_model.pt``, so
+    that validation (and a later evaluation with that ``--ckpt_dir``) runs the cascade; without it the configs'
+    cascade finds no coarse model there and falls back to a full sliding window at fine resolution."""
+    started, processes = time.perf_counter(), {}
+    for name, extra in runs.items():
+        ckpt = work / f"models_{name}"
         ckpt.mkdir(parents=True, exist_ok=True)
-        runs[precision] = _bundle_command(bundle, ["--config_file", "configs/train.json", "--precision", precision, "--ckpt_dir", ckpt,
-                                                   "--resume", "false", *extra], threads)
+        for source in ([coarse_model, coarse_model.with_suffix(".json")] if coarse_model else []):
+            link = ckpt / ("coarse_model" + source.suffix)
+            if not link.exists():
+                link.symlink_to(Path(source).resolve())
+        processes[name] = _bundle_command(bundle, ["--config_file", config_files, "--ckpt_dir", ckpt, "--resume", "false", *extra], threads)
     results = {}
-    for precision, process in runs.items():
+    for name, process in processes.items():
         log, _ = process.communicate()
-        (work / f"train_{precision}.log").write_text(log)
+        (work / f"train_{name}.log").write_text(log)
         if process.returncode != 0:
-            raise RuntimeError(f"training in {precision} failed:\n{log[-3000:]}")
-        results[precision] = (training_minutes(log) * 60 or time.perf_counter() - started, log)
+            raise RuntimeError(f"training {name} failed:\n{log[-3000:]}")
+        results[name] = (training_minutes(log) * 60 or time.perf_counter() - started, log)
     return results
+
+
+def train_pair(bundle: Path, work: Path, extra: list, threads: int, coarse_model: Path | None = None) -> dict:
+    """Both precisions side by side; {precision: (seconds, log)}."""
+    return train_side_by_side(bundle, work, {precision: ["--precision", precision, *extra] for precision in PRECISIONS}, threads,
+                              coarse_model=coarse_model)
 
 
 def training_minutes(log: str) -> float:
@@ -103,7 +118,9 @@ def main() -> int:
             pretrained = [] if args.pretrained.lower() == "none" else ["--pretrained", str(Path(args.pretrained).resolve())]
             schedule = ["--epochs", str(epochs), "--iterations_per_epoch", "50", "--val_interval", str(epochs), *pretrained]
             sections, iterations, evaluate_extra = ("validation",), epochs * 50, []
-        trained = train_pair(bundle, work, schedule, threads)
+        # afids: the shipped coarse model in each models folder, so validation and evaluation run the cascade
+        coarse = PROJECT / "models" / "coarse_model.pt" if args.dataset == "afids" else None
+        trained = train_pair(bundle, work, schedule, threads, coarse_model=coarse)
         rows = []
         for precision in PRECISIONS:
             seconds, _ = trained[precision]

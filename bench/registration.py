@@ -16,8 +16,6 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])
-
 
 def _registration(shrink: list[int], smooth: list[float]) -> sitk.ImageRegistrationMethod:
     method = sitk.ImageRegistrationMethod()
@@ -56,9 +54,11 @@ def register_bspline(template: sitk.Image, case: sitk.Image, affine: sitk.Transf
 
 
 def carry_landmarks(transform: sitk.Transform, template_ras: np.ndarray) -> np.ndarray:
-    lps = template_ras * RAS_TO_LPS
-    return np.array([transform.TransformPoint(tuple(map(float, p))) for p in lps]) * RAS_TO_LPS
+    """Template RAS points (N, 3) -> case RAS points through a SimpleITK transform (which works in LPS)."""
+    from scripts.geometry import lps_to_ras, ras_to_lps
 
+    lps = ras_to_lps(template_ras)
+    return lps_to_ras([transform.TransformPoint(tuple(map(float, p))) for p in lps])
 
 
 def main(argv=None) -> int:

@@ -80,9 +80,20 @@ def measure(bundle: Path, stage: str, precision: str, workers: int, warmup: int,
             "threads": torch.get_num_threads(), "peak_rss_kib": peak_kib()}
 
 
-def run_one(bundle: Path, stage: str, precision: str, workers: int, warmup: int, steps: int) -> dict:
+# environment variants of a row (set before the process starts: OpenMP and oneDNN read them once)
+VARIANTS = {
+    "": {},
+    # OpenMP threads sleep rather than spin while waiting: the DataLoader worker and other processes share the cores
+    "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+    # a CPU without native bfloat16 (AVX2 only), emulated by capping oneDNN and ATen: `auto` trains in float32 there
+    "capped at AVX2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+}
+
+
+def run_one(bundle: Path, stage: str, precision: str, workers: int, warmup: int, steps: int, variant: str = "") -> dict:
     result = subprocess.run([sys.executable, __file__, "--_one", stage, precision, str(workers), "--bundle_root", str(bundle),
-                             "--warmup", str(warmup), "--steps", str(steps)], capture_output=True, text=True, cwd=PROJECT)
+                             "--warmup", str(warmup), "--steps", str(steps)], capture_output=True, text=True, cwd=PROJECT,
+                            env={**os.environ, **VARIANTS[variant]})
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     if result.returncode != 0 or not lines:
         raise RuntimeError(f"{stage} {precision} {workers} worker(s) failed:\n{result.stderr[-3000:]}")
@@ -97,21 +108,23 @@ def table(bundle: Path, rounds: int, warmup: int, steps: int) -> str:
     stages = ["fine"] + (["coarse"] if (bundle / "configs" / "train_coarse.json").exists() else [])
     configurations = []
     for stage in stages:
-        configurations += [(stage, "float32", 1), (stage, "auto", 1), (stage, "auto", 2)]
+        configurations += [(stage, "float32", 1, ""), (stage, "auto", 1, ""), (stage, "auto", 2, "")]
+        if stage == "fine":
+            configurations += [(stage, "auto", 1, "OMP_WAIT_POLICY=PASSIVE"), (stage, "auto", 1, "capped at AVX2")]
     runs: dict = {c: [] for c in configurations}
     started = time.perf_counter()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     for round_ in range(rounds):
         for configuration in configurations:
-            runs[configuration].append(run_one(bundle, *configuration, warmup, steps))
+            runs[configuration].append(run_one(bundle, *configuration[:3], warmup, steps, configuration[3]))
         print(f"training round {round_ + 1} of {rounds} measured", flush=True)
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     rows = []
-    for (stage, precision, workers), measured in runs.items():
+    for (stage, precision, workers, variant), measured in runs.items():
         step = float(np.median([m["step_s"] for m in measured]))
-        reference = float(np.median([m["step_s"] for m in runs[(stage, "float32", 1)]]))
+        reference = float(np.median([m["step_s"] for m in runs[(stage, "float32", 1, "")]]))
         rows.append(f"| {stage} | {measured[0]['patch_size']} x {measured[0]['batch_size']} | "
-                    f"{measured[0]['dtype']}{' (auto)' if precision == 'auto' else ''} | {workers} | {step:.3f} | {3600 / step:,.0f} | "
+                    f"{measured[0]['dtype']}{' (auto)' if precision == 'auto' else ''}{', ' + variant if variant else ''} | {workers} | {step:.3f} | {3600 / step:,.0f} | "
                     f"{reference / step:.2f}x | {np.median([m['wait_share'] for m in measured]):.1%} | "
                     f"{max(m['peak_rss_kib'] for m in measured) / 1024**2:.2f} |")
     minutes = (time.perf_counter() - started) / 60
@@ -129,7 +142,10 @@ def table(bundle: Path, rounds: int, warmup: int, steps: int) -> str:
         f"Each row: one process as training runs it (the configs' cached dataset, DataLoader with its random augmentation and heatmaps "
         f"in the workers, the trainer's network, loss and Adam), {steps} steps after {warmup} warm-up steps, the median over "
         f"{rounds} rounds (every row once per round, in turn). Data wait: the share of the step spent in `next()` on the loader. "
-        "Peak RSS: the process's high-water mark (workers not included).",
+        "Peak RSS: the process's high-water mark (workers not included). `OMP_WAIT_POLICY=PASSIVE`: that row's process "
+        "ran with OpenMP's threads sleeping instead of spinning while they wait; `capped at AVX2`: with "
+        "`ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`, as on a CPU without native bfloat16 (`auto` picks float32 "
+        "there; its `vs float32` is against this CPU's uncapped float32 row).",
         "",
         "| stage | patch x batch | precision | workers | step (s) | iterations per hour | vs float32 | data wait | peak RSS (GB) |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -54,8 +54,9 @@ def model_files(model_file: str, ensemble) -> dict:
     return {"_target_": "scripts.model_files.member_files", "ckpt_dir": "@ckpt_dir", "model_file": model_file, "ensemble": ensemble}
 
 
-def cascade_ids(c: dict, ensemble) -> dict:
-    """Ids of the coarse stage, present when the plans call for a cascade."""
+def cascade_ids(c: dict, ensemble, preprocessing: str) -> dict:
+    """Ids of the coarse stage, present when the plans call for a cascade; ``preprocessing`` the config's id of its
+    preprocessing (for the coarse weights' hash, compared with models/coarse_model.json)."""
     cascade = c["cascade"]
     return {
         "coarse_spacing": cascade["coarse_spacing"],
@@ -64,6 +65,7 @@ def cascade_ids(c: dict, ensemble) -> dict:
         "fine_search_radius_mm": cascade["fine_search_radius_mm"],
         "coarse_network_def": network_def(c, "coarse_"),
         "coarse_model_files": model_files("coarse_model.pt", ensemble),
+        "coarse_weights_hash": weights_hash(preprocessing, "coarse_"),
     }
 
 
@@ -93,6 +95,7 @@ def landmark_inferer(cascade: bool, tta, mirror_axes="@tta_mirror_axes") -> dict
         "coarse_model_files": "@coarse_model_files",
         "coarse_spacing": "@coarse_spacing",
         "coarse_patch_size": "@coarse_patch_size",
+        "coarse_plans_hash": "@coarse_weights_hash",
         "search_radius_mm": "@fine_search_radius_mm",
         "landmark_names": "@landmark_names",
         "left_right_pairs": "@left_right_pairs",
@@ -107,7 +110,7 @@ def checkpoint_loader() -> dict:
     leaves them to it); disabled for a fold ensemble or a TorchScript file, which build_network loads itself."""
     return {
         "_target_": "CheckpointLoader",
-        "_disabled_": "$not scripts.model_files.loads_through_checkpoint_loader(@model_files)",
+        "_disabled_": "$not @checkpoint_loader_enabled",
         "load_path": "$@model_files[0]",
         "load_dict": {"model": "@network_def"},
         "map_location": "cpu",
@@ -124,6 +127,8 @@ def ensemble_ids(c: dict, ensemble: bool, tta: bool) -> dict:
         "precision": "auto",
         "tta_mirror_axes": c.get("tta_mirror_axes", []),
         "model_files": model_files("@model_file", "@ensemble"),
+        # MONAI's CheckpointLoader loads the weights when one (non-TorchScript) weights file is used
+        "checkpoint_loader_enabled": {"_target_": "scripts.model_files.loads_through_checkpoint_loader", "model_files": "@model_files"},
         "network": {
             "_target_": "scripts.ensemble.build_network",
             "network_def": "@network_def",
@@ -140,11 +145,12 @@ def ensemble_ids(c: dict, ensemble: bool, tta: bool) -> dict:
     }
 
 
-def weights_hash(preprocessing: str) -> dict:
+def weights_hash(preprocessing: str, prefix: str = "") -> dict:
     """The hash of what the weights mean (scripts.engines.weights_hash) from this config's own ids, overrides included;
-    stored in each weights file's sidecar and compared when weights are loaded."""
-    return {"_target_": "scripts.engines.weights_hash", "network": "@network_def", "spacing": "@spacing", "sigma": "@sigma",
-            "preprocessing": preprocessing}
+    stored in each weights file's sidecar and compared when weights are loaded. ``prefix`` "coarse_": the cascade's
+    coarse network (its ``coarse_network_def``, ``coarse_spacing``, ``coarse_sigma``, the same normalisation)."""
+    return {"_target_": "scripts.engines.weights_hash", "network": f"@{prefix}network_def", "spacing": f"@{prefix}spacing",
+            "sigma": f"@{prefix}sigma", "preprocessing": preprocessing}
 
 
 def checkpoint_info() -> dict:
@@ -274,11 +280,12 @@ def augmentation(c: dict) -> list:
     ]
 
 
-def _cases(section: str) -> str:
-    return (
-        f"$scripts.data.check_cases(scripts.data.select_cases(@datalist, {section}, @fold, @folds, "
-        f"@landmark_names, @landmark_descriptions), @landmark_names, {section})"
-    )
+def _cases(section: str, max_cases: str | None = None) -> dict:
+    """The checked cases of a datalist section (a literal like "training", or an id like "@eval_section");
+    ``max_cases``: an id limiting their number (training-time validation)."""
+    cases = {"_target_": "scripts.data.dataset_cases", "datalist": "@datalist", "section": section, "fold": "@fold",
+             "folds": "@folds", "landmark_names": "@landmark_names", "landmark_descriptions": "@landmark_descriptions"}
+    return {**cases, "max_cases": max_cases} if max_cases else cases
 
 
 def _metric(statistic: str, radius: float | None = None) -> dict:
@@ -319,20 +326,21 @@ def train_config(datalist: str, c: dict) -> dict:
         "pretrained": None,
         "check_image_files": False,
         "device": DEVICE,
-        "num_workers": "$scripts.throughput.training_workers()",
+        "num_workers": {"_target_": "scripts.throughput.training_workers"},
         "precision": "auto",
         **recipe_ids(c),
         "batch_size": c["batch_size"],
         "hours": c.get("training_hours"),
         "epochs": budgeted_epochs(c.get("epochs")),
         "iterations_per_epoch": c["iterations_per_epoch"],
-        "val_interval": "$scripts.training_budget.validation_interval(@epochs)",
+        "val_interval": {"_target_": "scripts.training_budget.validation_interval", "epochs": "@epochs"},
+        "validation_cases": c.get("validation_cases"),
         "learning_rate": c["learning_rate"],
         "loss_foreground_weight": c["loss_foreground_weight"],
         "folds": c["folds"],
         "model_file": "model.pt",
         "checkpoint_prefix": "",
-        **(cascade_ids(c, False) if cascade else {}),
+        **(cascade_ids(c, False, "@load_preprocessing") if cascade else {}),
         "crop_size": "$[int(round(s * 1.25)) for s in @patch_size]",
         "landmark_region": "$[int(round(s * 0.8)) for s in @patch_size]",
         "network_def": network_def(c),
@@ -348,7 +356,7 @@ def train_config(datalist: str, c: dict) -> dict:
         "checkpoint_info": checkpoint_info(),
         "load_preprocessing": load_preprocessing(c),
         "train": {
-            "cases": _cases("'training'"),
+            "cases": _cases("training"),
             "augmentation": augmentation(c),
             "preprocessing": {"_target_": "Compose", "transforms": "$@load_preprocessing + @train#augmentation"},
             "dataset": {"_target_": "CacheDataset", "data": "@train#cases", "transform": "@train#preprocessing",
@@ -385,12 +393,12 @@ def train_config(datalist: str, c: dict) -> dict:
                 "prepare_batch": "$scripts.engines.prepare_landmark_batch",
                 "train_handlers": "@train#handlers",
                 "decollate": False,
-                "amp": "$scripts.precision.needs_grad_scaler(@precision, @device)",
+                "amp": {"_target_": "scripts.precision.needs_grad_scaler", "precision": "@precision", "device": "@device"},
                 "amp_kwargs": {"dtype": "$torch.float16"},
             },
         },
         "validate": {
-            "cases": _cases("'validation'"),
+            "cases": _cases("validation", "@validation_cases"),
             "preprocessing": {"_target_": "Compose", "transforms": "$@load_preprocessing"},
             "dataset": {"_target_": "CacheDataset", "data": "@validate#cases", "transform": "@validate#preprocessing",
                         "cache_rate": 1.0, "num_workers": 1, "progress": False},
@@ -486,9 +494,10 @@ def inference_config(default_input: str, c: dict) -> dict:
         **recipe_ids(c),
         "model_file": "model.pt",
         **ensemble_ids(c, True, True),
-        **(cascade_ids(c, "@ensemble") if cascade else {}),
-        "calibration": "$scripts.uncertainty.load_calibration(@ckpt_dir + '/calibration.json')",
-        "found_threshold": "$scripts.engines.found_threshold(@ckpt_dir + '/calibration.json')",
+        **(cascade_ids(c, "@ensemble", "@preprocessing") if cascade else {}),
+        "calibration_file": "$@ckpt_dir + '/calibration.json'",
+        "calibration": {"_target_": "scripts.uncertainty.load_calibration", "path": "@calibration_file"},
+        "found_threshold": {"_target_": "scripts.engines.found_threshold", "calibration_file": "@calibration_file"},
         "network_def": network_def(c),
         "overwrite": False,
         "cases": {"_target_": "scripts.data.resolve_inputs", "input_path": "@input", "output_dir": "@output_dir", "overwrite": "@overwrite"},
@@ -558,10 +567,13 @@ def multi_gpu_train_config() -> dict:
     """
     return {
         "device": "$torch.device(f\"cuda:{os.environ['LOCAL_RANK']}\") if torch.cuda.is_available() else torch.device('cpu')",
-        "network": {
+        # DDP wraps the precision wrapper (not the reverse, which could not reach the output layer through DDP):
+        # mixed precision as in one process; `network` stays the plain float32 network the optimizer, the
+        # validation evaluator and the checkpoints use (its parameters are the ones DDP synchronises)
+        "training_network": {
             "_target_": "torch.nn.parallel.DistributedDataParallel",
-            "module": {"_target_": "scripts.pretrained.initialize_from", "network": "@network_def", "path": "@pretrained",
-                       "landmark_names": "@landmark_names", "device": "@device"},
+            "module": {"_target_": "scripts.precision.training_network", "network": "@network", "precision": "@precision",
+                       "device": "@device"},
             "device_ids": "$[@device] if @device.type == 'cuda' else None",
         },
         "train#sampler": {

@@ -1,14 +1,19 @@
 """Calibrate the trained model's error radii (split conformal) and its configuration check; writes models/calibration.json.
 
     python -m scripts.calibrate [--bundle_root .] [--datalist D] [--section validation] [--groups G ...]
-                                [--calibration_cases N] [--coverage 0.9]
+                                [--check_groups G ...] [--cases_per_group N] [--calibration_cases N] [--coverage 0.9]
+                                [--output FILE] [--save_predictions FILE.npz] [--add_predictions FILE.npz ...]
 
 Runs the bundle's own inference (inference.json: same preprocessing, models, ensemble, TTA) on the
-chosen annotated cases the model was not trained on. The first ``--calibration_cases`` of them (default:
-all) calibrate; the rest check the coverage, reported per group. The training section's annotations give
-the landmark geometry for the configuration check. Inference then reads models/calibration.json: every
-landmark gets ``uncertainty.radius_mm`` at the stated coverage, and ``found`` also requires a plausible
-configuration and a radius under ``max_radius_mm``.
+chosen annotated cases the model was not trained on: the ``--groups`` of the section (default: all), at most
+``--cases_per_group`` each. The first ``--calibration_cases`` of them (default: all) calibrate, together with any
+``--add_predictions`` (another bundle's saved predictions, e.g. a leave-one-anatomy-out model on the brain it
+never saw); the rest and the ``--check_groups`` (never calibrated on) check it. Per group it reports the coverage
+of the radius and how ``found`` (as inference reports it under the new calibration) treats landmarks more than
+4 mm off. The training section's annotations give the landmark geometry for the configuration check.
+Inference then reads models/calibration.json (``--output`` writes elsewhere): every landmark gets
+``uncertainty.radius_mm`` at the stated coverage, and ``found`` also requires a plausible configuration and a
+radius under ``max_radius_mm``.
 """
 
 from __future__ import annotations
@@ -20,44 +25,132 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.errors import LandmarkDataError, cli_main
+from scripts.errors import LandmarkConfigError, LandmarkDataError, cli_main
 from scripts.atomic import atomic_write_text
-from scripts.landmark_io import landmarks_to_array, load_datalist
+from scripts.data import cases_per_group, landmarks_to_array, load_datalist
 from scripts.landmark_names import plans_landmark_names
-from scripts.uncertainty import DEFAULT_COVERAGE, calibrate, distance_statistics, spread_mm
+from scripts.engines import found_threshold
+from scripts.uncertainty import (DEFAULT_COVERAGE, calibrate, configuration_flags, distance_statistics, found_flags, radii,
+                                 spread_mm)
 
 MAX_RADIUS_FACTOR = 3.0  # found requires radius <= this x the median calibrated radius
+FAR_OFF_MM = 4.0  # a landmark this far from the truth should come back found: false
+ARRAYS = ("errors", "spreads", "positions", "scores", "covariances")
 
 
-def predict_cases(bundle_root: Path, entries: list[dict], names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(errors, spreads), each (cases, landmarks) in mm, NaN where a landmark is not annotated."""
+def predict_cases(bundle_root: Path, entries: list[dict], names: list[str], groups: list[str]) -> dict:
+    """The bundle's inference (uncalibrated) on each entry, against its annotation.
+
+    Returns {"errors": (cases, N) radial error mm (NaN where not annotated), "spreads": (cases, N) heatmap spread mm,
+    "positions": (cases, N, 3) RAS mm, "scores": (cases, N) peak scores, "covariances": (cases, N, 3, 3) mm^2 (NaN
+    where absent), "groups": [group per case], "cases": [image per case]}."""
     from scripts.serving import LandmarkPredictor
 
     predictor = LandmarkPredictor(str(bundle_root), {"calibration": None})
-    errors = np.full((len(entries), len(names)), np.nan)
-    spreads = np.full((len(entries), len(names)), np.nan)
+    n = len(entries)
+    out = {"errors": np.full((n, len(names)), np.nan), "spreads": np.full((n, len(names)), np.nan),
+           "positions": np.full((n, len(names), 3), np.nan), "scores": np.full((n, len(names)), np.nan),
+           "covariances": np.full((n, len(names), 3, 3), np.nan), "groups": list(groups),
+           "cases": [str(e["image"] if isinstance(e["image"], str) else e["image"][0]) for e in entries]}
     for i, entry in enumerate(entries):
-        record = predictor.predict(entry["image"] if isinstance(entry["image"], str) else entry["image"][0])
+        record = predictor.predict(out["cases"][i])
         truth = landmarks_to_array(entry.get("landmarks", {}), names)
         for j, name in enumerate(names):
             landmark = record["landmarks"][name]
-            errors[i, j] = np.linalg.norm(np.asarray(landmark["position"]) - truth[j])
+            out["positions"][i, j] = landmark["position"]
+            out["scores"][i, j] = landmark["score"]
+            out["errors"][i, j] = np.linalg.norm(out["positions"][i, j] - truth[j])
             covariance = landmark["uncertainty"]["covariance_mm2"]
-            spreads[i, j] = spread_mm(np.asarray(covariance)) if covariance is not None else np.nan
-        print(f"  {i + 1}/{len(entries)} {Path(str(entry['image'])).name}: median error {np.nanmedian(errors[i]):.2f} mm", flush=True)
-    return errors, spreads
+            if covariance is not None:
+                out["covariances"][i, j] = covariance
+                out["spreads"][i, j] = spread_mm(np.asarray(covariance))
+        print(f"  {i + 1}/{n} {Path(out['cases'][i]).name} ({groups[i]}): median error {np.nanmedian(out['errors'][i]):.2f} mm", flush=True)
+    return out
 
 
-def coverage_table(errors, spreads, groups: list[str], quantile: float) -> dict[str, dict]:
+def save_predictions(path: Path, predictions: dict) -> None:
+    """predict_cases' result as one .npz (atomic), for calibrating with another bundle's predictions (--add_predictions)."""
+    import io
+
+    from scripts.atomic import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **{k: predictions[k] for k in ARRAYS}, groups=np.asarray(predictions["groups"], dtype=str),
+                        cases=np.asarray(predictions["cases"], dtype=str))
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_predictions(path: Path, names: list[str]) -> dict:
+    """A --save_predictions file; LandmarkDataError naming it when unreadable or made for other landmarks."""
+    try:
+        with np.load(path) as data:
+            loaded = {k: data[k] for k in ARRAYS} | {"groups": data["groups"].tolist(), "cases": data["cases"].tolist()}
+    except (OSError, KeyError, ValueError) as error:
+        raise LandmarkDataError(str(path), f"not a predictions file of python -m scripts.calibrate --save_predictions ({error})") from None
+    if loaded["errors"].ndim != 2 or loaded["errors"].shape[1] != len(names):
+        raise LandmarkDataError(str(path), f"predictions of {loaded['errors'].shape[-1]} landmarks; this model has {len(names)}")
+    return loaded
+
+
+def concatenate(*parts: dict) -> dict:
+    return {k: np.concatenate([p[k] for p in parts]) for k in ARRAYS} | {k: sum((list(p[k]) for p in parts), []) for k in ("groups", "cases")}
+
+
+def rows_of(predictions: dict, rows) -> dict:
+    rows = list(rows)
+    return {k: predictions[k][rows] for k in ARRAYS} | {k: [predictions[k][i] for i in rows] for k in ("groups", "cases")}
+
+
+def group_report(predictions: dict, calibration: dict, names: list[str], threshold: float) -> dict[str, dict]:
+    """Per group: coverage of the calibrated radius, and how ``found`` (as inference would report it under this
+    calibration: score, configuration check, max_radius_mm) separates landmarks more than FAR_OFF_MM off.
+
+    Each group's row: cases; landmarks (annotated, with a radius); coverage (share within the radius); mean radius
+    and MRE (mm); over_4mm (landmarks more than 4 mm off); over_4mm_found_false / over_4mm_found_true (of those, how
+    many inference marks found: false / still found: true); found_false (every annotated landmark marked found: false,
+    so over_4mm_found_false / found_false is the share of found: false that really is more than 4 mm off)."""
+    errors = predictions["errors"]
+    radius = np.full(errors.shape, np.nan)
+    found = np.zeros(errors.shape, dtype=bool)
+    for i in range(len(errors)):
+        radius[i] = radii(calibration, predictions["covariances"][i])
+        flagged, _ = configuration_flags(predictions["positions"][i], calibration.get("distances"), names)
+        found[i] = found_flags(predictions["scores"][i], threshold, flagged, radius[i], calibration)
     result = {}
-    for group in sorted(set(groups)):
-        rows = [i for i, g in enumerate(groups) if g == group]
-        e, s = errors[rows], spreads[rows]
-        usable = np.isfinite(e) & np.isfinite(s)
-        radius = quantile * s[usable]
-        result[group] = {"cases": len(rows), "landmarks": int(usable.sum()), "coverage": round(float(np.mean(e[usable] <= radius)), 4),
-                         "mean_radius_mm": round(float(np.mean(radius)), 3), "mre_mm": round(float(np.mean(e[usable])), 3)}
+    for group in sorted(set(predictions["groups"])):
+        rows = [i for i, g in enumerate(predictions["groups"]) if g == group]
+        e, r, f = errors[rows], radius[rows], found[rows]
+        annotated = np.isfinite(e)
+        usable = annotated & np.isfinite(r)
+        far = annotated & (e > FAR_OFF_MM)
+        result[group] = {
+            "cases": len(rows), "landmarks": int(usable.sum()),
+            "coverage": round(float(np.mean(e[usable] <= r[usable])), 4) if usable.any() else None,
+            "mean_radius_mm": round(float(np.mean(r[usable])), 3) if usable.any() else None,
+            "mre_mm": round(float(np.mean(e[annotated])), 3) if annotated.any() else None,
+            "over_4mm": int(far.sum()), "over_4mm_found_false": int((far & ~f).sum()), "over_4mm_found_true": int((far & f).sum()),
+            "found_false": int((annotated & ~f).sum()),
+        }
     return result
+
+
+def annotated_cases(entries: list[dict], groups, per_group: int | None, default_group: str) -> list[dict]:
+    """The annotated entries of ``groups`` (all when None), at most ``per_group`` of each, spread over the
+    group's brains (scripts.data.cases_per_group)."""
+    return cases_per_group([e for e in entries if e.get("landmarks")], per_group, groups, default_group)
+
+
+def print_report(calibration: dict) -> None:
+    """The per-group table: coverage of the radius, and found: false against landmarks more than 4 mm off."""
+    print(f"{'cases':<12} {'group':<26} {'n':>5} {'coverage':>9} {'radius':>8} {'MRE':>8} {'>4 mm':>6} {'found:false':>12} "
+          f"{'found:true':>11} {'found:false':>12}")
+    print(f"{'':<12} {'':<26} {'':>5} {'':>9} {'(mean)':>8} {'':>8} {'off':>6} {'of >4 mm':>12} {'of >4 mm':>11} {'(all)':>12}")
+    for label, table in (("calibration", calibration["calibration_coverage"]), ("held out", calibration.get("holdout_coverage", {}))):
+        for group, row in table.items():
+            coverage = f"{row['coverage']:.1%}" if row["coverage"] is not None else "-"
+            radius = f"{row['mean_radius_mm']:.2f}" if row["mean_radius_mm"] is not None else "-"
+            print(f"{label:<12} {group:<26} {row['landmarks']:>5} {coverage:>9} {radius:>5} mm {row['mre_mm']:>5.2f} mm {row['over_4mm']:>6} "
+                  f"{row['over_4mm_found_false']:>12} {row['over_4mm_found_true']:>11} {row['found_false']:>12}")
 
 
 @cli_main
@@ -66,10 +159,18 @@ def main(argv=None) -> int:
     parser.add_argument("--bundle_root", default=".", type=Path)
     parser.add_argument("--datalist", default=None, help="default: the datalist train.json names")
     parser.add_argument("--section", default="validation")
-    parser.add_argument("--groups", nargs="*", default=None, help="only entries whose 'group' is one of these")
-    parser.add_argument("--calibration_cases", type=int, default=None, help="calibrate on the first N, check coverage on the rest")
+    parser.add_argument("--groups", nargs="*", default=None, help="calibrate on entries whose 'group' is one of these (default: all)")
+    parser.add_argument("--check_groups", nargs="*", default=[], help="groups only checked (coverage, found), never calibrated on")
+    parser.add_argument("--cases_per_group", type=int, default=None, help="the first N annotated cases of each group (default: all)")
+    parser.add_argument("--calibration_cases", type=int, default=None, help="calibrate on the first N selected, check the rest")
     parser.add_argument("--coverage", type=float, default=DEFAULT_COVERAGE)
     parser.add_argument("--description", default="", help="what the calibration data is, stored with the calibration")
+    parser.add_argument("--output", type=Path, default=None, help="where to write the calibration (default: BUNDLE/models/calibration.json)")
+    parser.add_argument("--save_predictions", type=Path, default=None,
+                        help="also write the uncalibrated predictions of every case it ran (calibration and check), .npz")
+    parser.add_argument("--add_predictions", type=Path, nargs="*", default=[],
+                        help="another bundle's --save_predictions files: all their cases join the calibration cases, reported "
+                             "as 'GROUP (FILE STEM)' (e.g. a leave-one-anatomy-out model on its left-out brain)")
     args = parser.parse_args(argv)
     bundle_root = args.bundle_root.resolve()
     sys.path.insert(0, str(bundle_root))
@@ -83,31 +184,49 @@ def main(argv=None) -> int:
     model = plans_landmark_names(bundle_root / "configs" / "plans.json")  # points matched to the model's channels
     datalist = load_datalist(args.datalist, model.channels, model.descriptions, model.source)
     names = list(datalist.landmark_names)
-    entries = [e for e in datalist.section(args.section) if e.get("landmarks") and (not args.groups or e.get("group") in args.groups)]
-    if len(entries) < 2:
-        raise LandmarkDataError(args.datalist, f"{len(entries)} annotated {args.section} case(s) selected; calibration needs several")
-    k = args.calibration_cases or len(entries)
-    errors, spreads = predict_cases(bundle_root, entries, names)
-    calibration = calibrate(errors[:k], spreads[:k], names, args.coverage)
-    radius = calibration["normalized_quantile"] * spreads[:k]
+    section = datalist.section(args.section)
+    present = {str(e.get("group", args.section)) for e in section}
+    unknown = sorted((set(args.groups or []) | set(args.check_groups)) - present)
+    if unknown:
+        raise LandmarkDataError(args.datalist, f"no {args.section} case of group(s) {', '.join(unknown)} (groups: {', '.join(sorted(present))})")
+    both = sorted(set(args.groups or []) & set(args.check_groups))
+    if both:
+        raise LandmarkConfigError("--check_groups", f"group(s) {', '.join(both)} also in --groups: a group is calibrated on or checked, not both")
+    groups = args.groups if args.groups is not None else sorted(present - set(args.check_groups))  # check groups never calibrate
+    selected = annotated_cases(section, groups, args.cases_per_group, args.section)
+    checked = annotated_cases(section, args.check_groups, args.cases_per_group, args.section) if args.check_groups else []
+    k = min(args.calibration_cases or len(selected), len(selected))
+    added = [load_predictions(path, names) for path in args.add_predictions]
+    for loaded, path in zip(added, args.add_predictions):  # reported apart from this bundle's own: "oasis_fsaverage (loao)"
+        loaded["groups"] = [f"{group} ({path.stem})" for group in loaded["groups"]]
+    if k + sum(len(p["errors"]) for p in added) < 2:
+        raise LandmarkDataError(args.datalist, f"{k} annotated {args.section} case(s) selected; calibration needs several")
+    entries = selected + checked
+    predictions = predict_cases(bundle_root, entries, names, [str(e.get("group", args.section)) for e in entries])
+    if args.save_predictions:
+        save_predictions(args.save_predictions, predictions)
+    calibrating = concatenate(rows_of(predictions, range(k)), *added)
+    holdout = rows_of(predictions, range(k, len(entries)))
+    calibration = calibrate(calibrating["errors"], calibrating["spreads"], names, args.coverage)
+    radius = calibration["normalized_quantile"] * calibrating["spreads"]
     calibration["max_radius_mm"] = round(float(MAX_RADIUS_FACTOR * np.nanmedian(radius)), 3)
     existing_file = bundle_root / "models" / "calibration.json"
     existing = json.loads(existing_file.read_text()) if existing_file.exists() else {}
     if "found_threshold" in existing:
         calibration["found_threshold"] = existing["found_threshold"]
     calibration["distances"] = distance_statistics([e["landmarks"] for e in datalist.section("training") if e.get("landmarks")], names)
-    groups = [str(e.get("group", args.section)) for e in entries]
-    calibration["calibration_data"] = args.description or f"{k} {args.section} case(s) of {Path(args.datalist).name}"
-    calibration["calibration_coverage"] = coverage_table(errors[:k], spreads[:k], groups[:k], calibration["normalized_quantile"])
-    if k < len(entries):
-        calibration["holdout_coverage"] = coverage_table(errors[k:], spreads[k:], groups[k:], calibration["normalized_quantile"])
-    atomic_write_text(existing_file, json.dumps(calibration, indent=2) + "\n")
-    print(f"calibrated on {k} case(s): radius = {calibration['normalized_quantile']:.3f} x heatmap spread for {args.coverage:.0%} "
-          f"coverage; wrote {existing_file}")
-    print(f"{'cases':<12} {'group':<24} {'n':>5} {'coverage':>9} {'mean radius':>12} {'MRE':>8}")
-    for label, table in (("calibration", calibration["calibration_coverage"]), ("held out", calibration.get("holdout_coverage", {}))):
-        for group, row in table.items():
-            print(f"{label:<12} {group:<24} {row['landmarks']:>5} {row['coverage']:>9.1%} {row['mean_radius_mm']:>9.2f} mm {row['mre_mm']:>5.2f} mm")
+    calibration["calibration_data"] = args.description or (
+        f"{k} {args.section} case(s) of {Path(args.datalist).name}" + (f" (groups {', '.join(groups)})" if args.groups or args.check_groups else "")
+        + "".join(f" + {len(p['errors'])} case(s) of {path.name}" for p, path in zip(added, args.add_predictions)))
+    threshold = found_threshold(str(existing_file))
+    calibration["calibration_coverage"] = group_report(calibrating, calibration, names, threshold)
+    if len(holdout["errors"]):
+        calibration["holdout_coverage"] = group_report(holdout, calibration, names, threshold)
+    output = args.output or existing_file
+    atomic_write_text(output, json.dumps(calibration, indent=2) + "\n")
+    print(f"calibrated on {len(calibrating['errors'])} case(s): radius = {calibration['normalized_quantile']:.3f} x heatmap spread for "
+          f"{args.coverage:.0%} coverage; wrote {output}")
+    print_report(calibration)
     return 0
 
 

@@ -85,6 +85,9 @@ def _starts_keeping_inside(point, extent, highest, margin, per_axis: int) -> np.
     return np.vstack([centred, grid]).astype(int)
 
 
+COARSE_LANDMARKS_KEY = "coarse_landmarks"  # heatmaps.meta: (batch, landmarks, 3) coarse positions, voxels of the input grid
+
+
 class CascadeInferer(Inferer):
     """Coarse whole-image pass, then fine patches around each coarse landmark.
 
@@ -133,7 +136,9 @@ class CascadeInferer(Inferer):
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args, **kwargs) -> torch.Tensor:
         """Heatmaps over the smallest box that holds every fine patch (of every batch item), zero outside the
-        patches, as a MetaTensor whose affine places the box in the image (the input's affine, shifted).
+        patches, as a MetaTensor whose affine places the box in the image (the input's affine, shifted); its
+        ``meta["coarse_landmarks"]`` holds the coarse stage's positions, (batch, landmarks, 3) float64 voxel
+        indices of the input grid.
 
         Landmark-local: on a 1 mm head the box is a quarter of the image, and the extraction after it reads
         a quarter of the voxels. Without a coarse network, a full-image sliding window."""
@@ -144,8 +149,10 @@ class CascadeInferer(Inferer):
         shape = list(image.shape[2:])
         patch = [min(p, s) for p, s in zip(self.patch_size, shape)]
         windows = []  # (batch item, patch start, landmarks it is responsible for, their coarse positions)
+        coarse = []  # per batch item, (landmarks, 3) coarse positions in voxels of the input grid
         for item in range(image.shape[0]):
             points = self.coarse_landmarks(image[item : item + 1])
+            coarse.append(points)
             windows += [(item, start, members, points[members]) for start, members in cover_with_patches(points, patch, shape, self.margin)]
         box_start = np.min([start for _, start, _, _ in windows], axis=0)
         box_size = np.max([start for _, start, _, _ in windows], axis=0) + patch - box_start
@@ -165,8 +172,12 @@ class CascadeInferer(Inferer):
         if isinstance(inputs, MetaTensor):
             heatmaps = convert_to_dst_type(output, inputs)[0]
             heatmaps.affine = heatmaps.affine.to(torch.float64) @ shift
-            return heatmaps
-        return MetaTensor(output, affine=shift)
+        else:
+            heatmaps = MetaTensor(output, affine=shift)
+        # the coarse stage's positions travel with the heatmaps (decollated per case with the meta data) for the
+        # coarse-stage check: ExtractLandmarksd maps them to the world as pred_coarse_landmarks_world
+        heatmaps.meta[COARSE_LANDMARKS_KEY] = torch.as_tensor(np.stack(coarse), dtype=torch.float64)
+        return heatmaps
 
     def _search_balls(self, centres: np.ndarray, patch: Sequence[int]) -> torch.Tensor:
         """(members, *patch) masks: 1 within the ``search_radius`` ellipsoid (voxels per axis) of each coarse position, else 0.
@@ -201,7 +212,7 @@ def make_inferer(patch_size: Sequence[int], sigma, spacing: Sequence[float], sw_
                  coarse_network_def: torch.nn.Module | None = None, coarse_model_files: Sequence[str] = (),
                  coarse_spacing: Sequence[float] | None = None, coarse_patch_size: Sequence[int] | None = None,
                  search_radius_mm: float | None = None, landmark_names: Sequence[str] = (), left_right_pairs: Sequence[Sequence[int]] = (),
-                 mirror_axes: Sequence[int] = (), tta=False, device=None) -> Inferer:
+                 mirror_axes: Sequence[int] = (), tta=False, device=None, coarse_plans_hash: str = "") -> Inferer:
     """The cascade inferer (configs' ``validate#inferer`` / ``inferer`` when the plans have a cascade): every number
     is a config id, so ``--patch_size``, ``--spacing``, ``--sigma`` reach it as they reach training.
 
@@ -211,6 +222,11 @@ def make_inferer(patch_size: Sequence[int], sigma, spacing: Sequence[float], sw_
     resolution (logged). ``tta`` (a switch: bool or 'true'/'false') mirrors the coarse pass on ``mirror_axes``
     too. ``search_radius_mm``: where the fine peak is searched around the coarse position (mm; None: the margin).
     The coarse network always runs in float32 (scripts.precision says why).
+
+    The coarse weights are checked as the fine model's are (scripts.model_files): their sidecar
+    (models/coarse_model.json) must name ``landmark_names`` (LandmarkConfigError naming the file otherwise); a plans
+    hash other than ``coarse_plans_hash`` (the configs' ``@coarse_weights_hash``) warns in one line naming the file;
+    without a sidecar the output channels must number the landmarks (one warning).
     """
     from scripts.cli_args import parse_switch
 
@@ -220,7 +236,7 @@ def make_inferer(patch_size: Sequence[int], sigma, spacing: Sequence[float], sw_
         from scripts.ensemble import build_network
 
         axes = list(mirror_axes) if parse_switch(tta, "tta") else []
-        coarse = build_network(coarse_network_def, present, landmark_names, left_right_pairs, axes, device)
+        coarse = build_network(coarse_network_def, present, landmark_names, left_right_pairs, axes, device, plans_hash=coarse_plans_hash)
     else:
         logger.warning("cascade planned but %s is missing: full sliding window at fine resolution (slow)", ", ".join(coarse_model_files))
     search_radius = None if not search_radius_mm else [float(search_radius_mm) / s for s in spacing]

@@ -4,7 +4,7 @@
 
 The schema checks the shape only (which keys hold lists, objects, strings); what needs the files or the
 names (images exist, landmark files parse, names match channels, points inside their image) is checked by
-scripts.landmark_io.load_datalist and scripts.check. Entries and the top level may carry extra keys
+scripts.data.load_datalist and scripts.check. Entries and the top level may carry extra keys
 ("group", "subject", nnU-Net's "name"): never an error. A datalist may hold only ``training``.
 
 Each subschema may carry ``x-message``, the sentence a user reads when it fails; ``{where}`` is the

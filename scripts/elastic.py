@@ -16,7 +16,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import convert_to_dst_type, ensure_tuple_rep
 
-from scripts.landmark_io import voxel_spacing
+from scripts.geometry import voxel_spacing, voxel_to_world, world_to_voxel
 
 # Control displacements are clipped to this fraction of the control spacing, which keeps a cubic B-spline
 # deformation free of folding (Rueckert et al. 2006) and the point inversion's fixed-point iteration convergent.
@@ -99,15 +99,6 @@ def sampling_grid(field: torch.Tensor) -> torch.Tensor:
     positions = identity + field
     normalised = [2.0 * positions[a] / (shape[a] - 1) - 1.0 if shape[a] > 1 else 0.0 * positions[a] for a in range(3)]
     return torch.stack(normalised[::-1], dim=-1)[None]
-
-
-def _points_to_voxel(affine: np.ndarray, points: np.ndarray) -> np.ndarray:
-    inverse = np.linalg.inv(affine)
-    return points @ inverse[:3, :3].T + inverse[:3, 3]
-
-
-def _points_to_world(affine: np.ndarray, points: np.ndarray) -> np.ndarray:
-    return points @ affine[:3, :3].T + affine[:3, 3]
 
 
 class RandElasticDeformd(RandomizableTransform, MapTransform):
@@ -207,9 +198,9 @@ class RandElasticDeformd(RandomizableTransform, MapTransform):
         world = world.reshape(-1, 3)
         moved = world.copy()
         present = np.all(np.isfinite(world), axis=1)
-        targets = torch.as_tensor(_points_to_voxel(affine, world[present]), device=grid.coefficients.device)
+        targets = torch.as_tensor(world_to_voxel(affine, world[present]), device=grid.coefficients.device)
         solved = grid.invert_points(targets).cpu().numpy()
-        moved[present] = _points_to_world(affine, solved)
+        moved[present] = voxel_to_world(affine, solved)
         if isinstance(points, (np.ndarray, torch.Tensor)):
             return convert_to_dst_type(moved.reshape(points.shape), points)[0]
         return moved

@@ -1,4 +1,9 @@
-"""evaluate.json's report: metrics.json (overall, per landmark, per case) and per_case.csv."""
+"""evaluate.json's report: metrics.json (overall, per landmark, per case) and per_case.csv.
+
+per_case.csv has one row per case and landmark: radial error (mm), peak score, found, predicted and true
+positions (RAS mm) and, after a cascade, ``coarse_error_mm``: the coarse stage's own radial error (empty
+without a cascade or an annotation), to check it against the fine search radius (bench/afids_accuracy.py).
+"""
 
 from __future__ import annotations
 
@@ -49,6 +54,9 @@ class LandmarkEvaluationReport:
                     "errors": radial_errors(pred, gt),
                     "scores": _to_numpy(item["pred_scores"]),
                     "found": np.asarray(item["pred_found"], dtype=bool),
+                    # the cascade's coarse stage alone (NaN without a cascade): is the truth within the fine search radius?
+                    "coarse_errors": radial_errors(_to_numpy(item["pred_coarse_landmarks_world"]), gt)
+                    if "pred_coarse_landmarks_world" in item else np.full(len(gt), np.nan),
                 }
             )
 
@@ -65,7 +73,8 @@ class LandmarkEvaluationReport:
     def per_case_csv(self) -> str:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["case", "landmark", "error_mm", "score", "found", "pred_x", "pred_y", "pred_z", "true_x", "true_y", "true_z"])
+        writer.writerow(["case", "landmark", "error_mm", "score", "found", "pred_x", "pred_y", "pred_z", "true_x", "true_y", "true_z",
+                         "coarse_error_mm"])
         for c in self.cases:
             for i, name in enumerate(self.landmark_names):
                 error = c["errors"][i]
@@ -73,6 +82,7 @@ class LandmarkEvaluationReport:
                     [c["case"], name, "" if not np.isfinite(error) else round(float(error), 4), round(float(c["scores"][i]), 4), bool(c["found"][i])]
                     + [round(float(v), 4) for v in c["pred"][i]]
                     + ["" if not np.isfinite(v) else round(float(v), 4) for v in c["gt"][i]]
+                    + ["" if not np.isfinite(c["coarse_errors"][i]) else round(float(c["coarse_errors"][i]), 4)]
                 )
         return buffer.getvalue()
 

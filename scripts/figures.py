@@ -14,7 +14,7 @@ from monai.transforms import Transform
 
 from scripts.cli_args import path_argument
 from scripts.atomic import atomic_write_bytes
-from scripts.landmark_io import voxel_spacing
+from scripts.geometry import covariance_to_voxel, voxel_spacing
 from scripts.outputs import case_outputs_or_nothing
 from scripts.transforms import affine_of
 
@@ -135,8 +135,7 @@ class WriteLandmarkFigured(Transform):
         stem = d.get("stem") or "case"
         covariances = radii = flagged = None
         if "pred_covariance_mm2" in d:  # world mm^2 -> this grid's voxel^2; radius mm -> voxels (mean spacing)
-            linear = np.linalg.inv(affine_of(d["image"])[:3, :3])
-            covariances = np.einsum("ij,njk,lk->nil", linear, np.nan_to_num(np.asarray(d["pred_covariance_mm2"], dtype=np.float64)), linear)
+            covariances = covariance_to_voxel(affine_of(d["image"]), np.nan_to_num(np.asarray(d["pred_covariance_mm2"], dtype=np.float64)))
             spacing = float(np.mean(voxel_spacing(affine_of(d["image"]))))
             radii = np.asarray(d["pred_radius_mm"], dtype=np.float64) / spacing
             flagged = d.get("pred_flagged")

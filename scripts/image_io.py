@@ -19,10 +19,10 @@ import numpy as np
 import monai.transforms
 import SimpleITK as sitk
 from monai.data.image_reader import ImageReader, _copy_compatible_dict, _stack_images
-from monai.data.utils import orientation_ras_lps
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
 from scripts.errors import GeometryError, LandmarkDataError
+from scripts.geometry import corner_distance_mm, is_rigid_and_scaled, ras_affine
 
 
 
@@ -35,15 +35,6 @@ class ImageHeader:
     spacing: tuple[float, ...]
     affine: np.ndarray
     n_components: int
-
-
-def ras_affine(direction, spacing, origin) -> np.ndarray:
-    """(n+1)x(n+1) voxel -> RAS affine from ITK's LPS direction (row-major n x n), spacing and origin (n = len(spacing))."""
-    rank = len(spacing)
-    affine = np.eye(rank + 1)
-    affine[:rank, :rank] = np.asarray(direction, dtype=np.float64).reshape(rank, rank) * np.asarray(spacing, dtype=np.float64)
-    affine[:rank, rank] = origin
-    return orientation_ras_lps(affine)
 
 
 def _short_sitk_message(error: Exception) -> str:
@@ -217,28 +208,16 @@ def header_notes(path) -> list[str]:
     qform_code, sform_code = int(header["qform_code"]), int(header["sform_code"])
     if not (qform_code > 0 and sform_code > 0):
         return []
-    shape = np.asarray(header.get_data_shape()[:3], dtype=np.float64)
-    corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)])
-
-    def distance(affine) -> float:
-        return float(np.linalg.norm((corners @ np.asarray(affine).T - corners @ itk.T)[:, :3], axis=1).max())
-
-    to_qform, to_sform = distance(header.get_qform()), distance(header.get_sform())
-    apart = float(np.linalg.norm((corners @ header.get_qform().T - corners @ header.get_sform().T)[:, :3], axis=1).max())
+    shape = header.get_data_shape()[:3]
+    to_qform, to_sform = corner_distance_mm(header.get_qform(), itk, shape), corner_distance_mm(header.get_sform(), itk, shape)
+    apart = corner_distance_mm(header.get_qform(), header.get_sform(), shape)
     if apart <= QFORM_SFORM_TOLERANCE_MM:
         return []
     used = "qform" if to_qform <= to_sform else "sform"
     other = "sform" if used == "qform" else "qform"
-    sheared = " (the sform is sheared)" if used == "qform" and not _rigid_and_scaled(header.get_sform()) else ""
+    sheared = " (the sform is sheared)" if used == "qform" and not is_rigid_and_scaled(header.get_sform()) else ""
     return [f"qform and sform disagree by up to {apart:.1f} mm{sheared}: read with the {used}, as ITK and 3D Slicer do; "
             f"tools that use the {other} (FSL and nibabel prefer the sform) place this scan elsewhere"]
-
-
-def _rigid_and_scaled(affine) -> bool:
-    """True when the 3x3 part is a rotation times per-axis scaling (orthogonal columns)."""
-    columns = np.asarray(affine, dtype=np.float64)[:3, :3]
-    columns = columns / np.linalg.norm(columns, axis=0)
-    return bool(np.abs(columns.T @ columns - np.eye(3)).max() < 1e-4)
 
 
 def _components(source) -> int:

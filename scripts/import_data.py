@@ -40,11 +40,10 @@ from scripts.data import IMAGE_SUFFIXES, image_stem
 from scripts.errors import LandmarkConfigError, LandmarkDataError, cli_main
 from scripts.image_io import read_image_header
 from scripts.atomic import atomic_write_text
-from scripts.landmark_io import voxel_to_world
+from scripts.geometry import lps_to_ras, voxel_to_world
 from scripts.landmark_names import LandmarkNames, Point
 from scripts.tables import coordinate_columns, read_table, read_text
 
-LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
@@ -245,7 +244,7 @@ def import_table(table: Path, output: Path, images: Path, coordinates: str = "ra
         per_row = row[header.index("coordinates")] if "coordinates" in header and header.index("coordinates") < len(row) else ""
         system = (fixed or per_row or coordinates).strip().lower()
         if system == "lps":
-            point = point * LPS_TO_RAS
+            point = lps_to_ras(point)
         elif system == "voxel":
             point = voxel_to_world(read_image_header(str(by_stem[case])).affine, point)
         elif system != "ras":

@@ -3,6 +3,9 @@
 DynUNet has no output activation; the nnLandmark recipe regresses Gaussian heatmaps in [0, 1] with a
 sigmoid and an MSE loss. Wrapping (rather than subclassing) keeps the state-dict keys ``net.*`` stable
 for every loader: ckpt_export, MONAI Label, folds.
+
+Normalisation is MONAI's ``norm_name="instance"`` (InstanceNorm3d without affine parameters), kept over nnU-Net's
+affine instance norm on measurement (docs/training_afids.md, "Ablations before the v1 run"; bench/ablations.py).
 """
 
 from __future__ import annotations
@@ -53,3 +56,20 @@ class LandmarkHeatmapNet(torch.nn.Module):
 
     def heatmaps(self, features: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.net.output_block(features))
+
+
+def norm_affine_missing(network: torch.nn.Module, state: dict) -> dict[str, torch.Tensor]:
+    """The instance-norm affine parameters ``network`` has and ``state`` lacks, at weight 1 / bias 0.
+
+    ``state``: a state dict of the same architecture trained without the affine (MONAI's ``norm_name="instance"``);
+    ``network``: built with ``("instance", {"affine": True})`` (nnU-Net's instance norm). With weight 1 and bias 0
+    the affine is the identity, so ``{**state, **norm_affine_missing(network, state)}`` computes exactly what
+    ``state`` computed without it. Returns {} when nothing is missing (same norm, or ``network`` without affine).
+    """
+    missing = {}
+    for key, value in network.state_dict().items():  # state-dict keys, aliases included (DynUNet's skip_layers)
+        owner, _, suffix = key.rpartition(".")
+        module = network.get_submodule(owner)
+        if key not in state and isinstance(module, torch.nn.modules.instancenorm._InstanceNorm) and suffix in ("weight", "bias"):
+            missing[key] = torch.ones_like(value) if suffix == "weight" else torch.zeros_like(value)
+    return missing

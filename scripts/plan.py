@@ -19,7 +19,7 @@ from pathlib import Path
 from scripts.bundle_configs import LOGGING_CONF, evaluate_config, inference_config, multi_gpu_train_config, train_coarse_config, train_config
 from scripts.errors import LandmarkConfigError, LandmarkDataError, cli_main
 from scripts.atomic import atomic_write_text
-from scripts.landmark_io import load_datalist
+from scripts.data import load_datalist
 from scripts.metadata import build_metadata
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -1,9 +1,10 @@
 """Reduced-precision inference: bfloat16 convolutions where the processor computes them natively.
 
-On CPUs with AVX512-BF16 or AMX (oneDNN reports ``mkldnn_bf16`` support) a bfloat16 3D convolution of
+On CPUs with AVX512-BF16 or AMX (the processor flags ``avx512_bf16``/``amx_bf16``, and oneDNN not capped below them) a bfloat16 3D convolution of
 the fine network runs about twice as fast as float32 (0.052 vs 0.107 s per 48^3 window on 2 cores);
-elsewhere oneDNN would emulate it, so ``auto`` keeps float32 there (not measured: every CPU this
-project ran on has it). The output layer and the sigmoid stay float32: bfloat16 keeps 8 bits of
+elsewhere oneDNN would emulate it, so ``auto`` keeps float32 there (:func:`native_bfloat16`; emulated
+bfloat16 measured by capping oneDNN on this project's CPU: a fine-stage training step 22x slower than float32
+at AVX2, about 1.8x slower at AVX512_CORE). The output layer and the sigmoid stay float32: bfloat16 keeps 8 bits of
 mantissa, so heatmap values near the peak (0.97 one voxel off at sigma 4) would be rounded in steps of
 0.004 and the sub-voxel refinement would follow the rounding (the 1 mm AFIDs sample, mirror TTA, both
 stages in bfloat16: 0.40 voxel mean shift from float32; with a float32 output layer 0.06).
@@ -24,6 +25,8 @@ underflows small gradients; bfloat16 has float32's range and needs none).
 from __future__ import annotations
 
 import logging
+import os
+import platform
 
 import torch
 
@@ -35,14 +38,38 @@ PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+X86 = ("x86_64", "amd64", "i386", "i686")
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA / DNNL_MAX_CPU_ISA) below AVX512_CORE_BF16: oneDNN then emulates bfloat16
+ONEDNN_ISAS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
 def native_bfloat16(device: torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 convolutions natively (CPU: AVX512-BF16/AMX through oneDNN)."""
-    if device.type == "cpu":
-        try:
-            return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):  # a torch build without the query
-            return False
-    return False  # GPUs: float32 until measured on one (nothing here to measure with)
+    """Whether ``device`` computes bfloat16 convolutions natively: a CPU with AVX512-BF16 or AMX-BF16 whose oneDNN
+    is not capped below them. GPUs: False (not measured).
+
+    oneDNN's own answer (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) is not enough on x86: it is True from
+    AVX512_CORE up (Skylake-class AVX-512 without bfloat16 instructions), where oneDNN emulates bfloat16 and a
+    fine-stage training step took 2.0 s against 1.1 s in float32 (1 thread, measured here with
+    ``ONEDNN_MAX_CPU_ISA=AVX512_CORE``); it is False with oneDNN capped at AVX2 (emulated there: 35 s against
+    1.6 s). So on x86 the processor's flags (``torch.cpu.get_capabilities``: avx512_bf16 or amx_bf16) and any
+    ``ONEDNN_MAX_CPU_ISA`` cap count too. oneDNN reads the cap once, at its first use: set it before the process
+    starts (a variable set later changes this answer but not oneDNN).
+    Capping ATen alone (``ATEN_CPU_CAPABILITY=avx2``) leaves oneDNN's bfloat16 convolutions native and bfloat16
+    training still 1.9x faster than float32, so ATen's capability is not consulted."""
+    if device.type != "cpu":
+        return False
+    try:
+        onednn = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without the query
+        return False
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    if not onednn or cap in ONEDNN_ISAS_WITHOUT_BF16:
+        return False
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if platform.machine().lower() in X86:  # torch >= 2.13 (requirements.txt) has the flags query; without it, no
+        flags = capabilities() if capabilities is not None else {}
+        return bool(flags.get("avx512_bf16") or flags.get("amx_bf16"))
+    return True  # ARM: oneDNN checks the bf16 extension itself
 
 
 def _parse(precision: str, device) -> tuple[str, torch.device]:
@@ -90,15 +117,36 @@ def needs_grad_scaler(precision: str, device) -> bool:
 def training_network(network: torch.nn.Module, precision: str, device) -> torch.nn.Module:
     """The network the trainer runs: ``network`` itself in float32, else wrapped so that its body runs under
     autocast and its output layer in float32 (:class:`ReducedPrecisionHeatmapNet`; it holds ``network``,
-    so checkpoints of ``network`` are unchanged). Logs the choice once."""
+    so checkpoints of ``network`` are unchanged). Logs the choice once. Under DistributedDataParallel
+    (multi_gpu_train.json) DDP wraps what this returns, not the reverse, so that the wrapper reaches the output layer.
+
+    Also turns ``network``'s in-place LeakyReLUs out of place (:func:`out_of_place_activations`: the same values,
+    a faster backward)."""
     dtype = training_dtype(precision, device)
+    out_of_place_activations(network)
     wrapped = with_precision(network, dtype)
-    if wrapped is network and dtype != torch.float32:  # e.g. DistributedDataParallel: with_precision warned
+    if wrapped is network and dtype != torch.float32:  # no features/heatmaps split: with_precision warned
+        if dtype != torch.float16:
+            dtype = torch.float32
         detail = "the whole forward under MONAI's float16 autocast" if dtype == torch.float16 else "float32 throughout"
     else:
         detail = "float32 throughout" if dtype == torch.float32 else "autocast body; output layer, loss, weights and optimizer float32"
     logger.info("training precision: %s (%s; --precision %s)", str(dtype).replace("torch.", ""), detail, str(precision).strip().lower())
     return wrapped
+
+
+def out_of_place_activations(network: torch.nn.Module) -> torch.nn.Module:
+    """``network`` with its in-place activations (DynUNet's ``LeakyReLU(inplace=True)``) made out of place; returns it.
+
+    The values and gradients are the same (the loss after a few steps equal to every printed digit), but in training
+    an in-place activation on an instance norm's output, which is a view, makes autograd record a CopySlices and,
+    in the backward, allocate, zero and copy a whole activation-sized tensor per activation: measured on a fine-stage
+    step (48^3 x 2, 2 threads, shared machine), 7% of a bfloat16 step and 5% of a float32 one. Inference (no
+    autograd) gains nothing: the networks inference builds keep theirs."""
+    for module in network.modules():
+        if isinstance(module, (torch.nn.LeakyReLU, torch.nn.ReLU, torch.nn.ELU)) and getattr(module, "inplace", False):
+            module.inplace = False
+    return network
 
 
 class ReducedPrecisionHeatmapNet(torch.nn.Module):

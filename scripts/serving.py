@@ -18,6 +18,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from scripts.errors import LandmarkDataError, LandmarkError, bundle_error_in
+from scripts.geometry import ras_affine
 from scripts.image_io import image_geometry
 from scripts.atomic import atomic_write_bytes
 from scripts.model_files import load_configured_weights
@@ -76,8 +77,8 @@ def write_landmark_label(image_path: str, record: Mapping, output_path: str, rad
     spacing = np.asarray(reader.GetSpacing()[:3])
     names = list(landmark_names or record["landmarks"])
     label = np.zeros(size[::-1], dtype=np.uint8 if len(names) < 255 else np.uint16)  # numpy order is (z, y, x)
-    index_to_lps = np.asarray(reader.GetDirection()[:9]).reshape(3, 3) @ np.diag(spacing)
     origin = np.asarray(reader.GetOrigin()[:3])
+    index_to_mm = ras_affine(reader.GetDirection()[:9], spacing, origin)[:3, :3]
     for value, name in enumerate(names, start=1):
         entry = record["landmarks"].get(name)
         if not entry or not entry.get("found", True):
@@ -87,7 +88,7 @@ def write_landmark_label(image_path: str, record: Mapping, output_path: str, rad
         lo = np.clip(np.floor(centre).astype(int) - reach, 0, size - 1)
         hi = np.clip(np.ceil(centre).astype(int) + reach, 0, size - 1)
         grid = np.stack(np.meshgrid(*[np.arange(a, b + 1) for a, b in zip(lo, hi)], indexing="ij"), axis=-1)
-        offsets_mm = (grid - centre) @ index_to_lps.T
+        offsets_mm = (grid - centre) @ index_to_mm.T
         inside = np.linalg.norm(offsets_mm, axis=-1) <= radius_mm
         nearest = np.clip(np.round(centre).astype(int), 0, size - 1) - lo
         inside[tuple(nearest)] = True

@@ -1,7 +1,7 @@
 """Training throughput: the data-loader worker count chosen from the machine, and how long each step waits for data.
 
 The worker count is a property of the machine, not of the dataset, so it is decided when training starts
-(``num_workers`` of train.json is ``$scripts.throughput.training_workers()``) and never written into
+(``num_workers`` of train.json is ``{"_target_": "scripts.throughput.training_workers"}``) and never written into
 plans.json or the configs: re-planning the same data on another machine writes the same files.
 
 Deterministic preprocessing (reading, reorientation, resampling, normalisation) is cached once by

@@ -19,11 +19,13 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import Flip, MapTransform, Randomizable, RandomizableTransform, SpatialCrop, Transform
 
+from scripts.cascade import COARSE_LANDMARKS_KEY
 from scripts.errors import LandmarkDataError
 from scripts.heatmaps import extract_landmarks, pair_permutation, correct_left_right, render_heatmaps
-from scripts.uncertainty import configuration_flags, heatmap_covariances, radii
+from scripts.uncertainty import configuration_flags, found_flags, heatmap_covariances, radii
 from scripts.image_io import check_finite, check_fits_in_memory, check_image_data
-from scripts.landmark_io import landmarks_to_array, voxel_spacing, voxel_to_world, world_to_voxel
+from scripts.data import landmarks_to_array
+from scripts.geometry import voxel_spacing, voxel_to_world, world_to_voxel
 from scripts.landmark_names import unknown_message
 
 
@@ -262,7 +264,9 @@ class ExtractLandmarksd(Transform):
 
     Writes ``pred_landmarks`` (voxel, in the preprocessed image's grid), ``pred_landmarks_world`` (RAS mm),
     ``pred_landmarks_input_voxel`` (float index in the image as it was read), ``pred_scores`` and
-    ``pred_found``. The mapping back is exact because every preprocessing step kept the affine.
+    ``pred_found``; after the cascade also ``pred_coarse_landmarks_world`` (RAS mm, the coarse stage's position of
+    each channel, before the left/right correction). The mapping back is exact because every preprocessing step
+    kept the affine.
     """
 
     def __init__(
@@ -294,18 +298,19 @@ class ExtractLandmarksd(Transform):
         scores = np.asarray(scores)[order]
         original = image.meta.get("original_affine", image.affine) if isinstance(image, MetaTensor) else np.eye(4)
         d["pred_landmarks_world"] = world
+        coarse = heatmaps.meta.get(COARSE_LANDMARKS_KEY) if isinstance(heatmaps, MetaTensor) else None
+        if coarse is not None:  # the cascade's coarse positions (input-grid voxels, per channel, before the pair correction)
+            d["pred_coarse_landmarks_world"] = voxel_to_world(affine_of(image), np.asarray(coarse, dtype=np.float64).reshape(-1, 3))
         d["pred_landmarks"] = world_to_voxel(affine_of(image), world)
         d["pred_landmarks_input_voxel"] = world_to_voxel(np.asarray(original, dtype=np.float64), world)
         d["pred_scores"] = scores
-        found = scores >= self.found_threshold
+        found = found_flags(scores, self.found_threshold)
         if self.sigma is not None:
             covariances = heatmap_covariances(heatmaps, voxels, self.sigma, heatmap_affine)[order]
             radius = radii(self.calibration, covariances)
             flagged, _ = configuration_flags(world, self.calibration.get("distances"), self.landmark_names or range(len(world)))
             d["pred_covariance_mm2"], d["pred_radius_mm"], d["pred_flagged"] = covariances, radius, flagged
             d["pred_coverage"] = self.calibration.get("coverage")
-            found &= ~flagged
-            if np.isfinite(self.calibration.get("max_radius_mm", np.nan)):
-                found &= ~(radius > float(self.calibration["max_radius_mm"]))
+            found = found_flags(scores, self.found_threshold, flagged, radius, self.calibration)
         d["pred_found"] = found
         return d

@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from scripts.geometry import covariance_to_world
+
 SPREAD_FLOOR = 0.1
 SPREAD_REACH = 3.0
 CONFIGURATION_Z = 3.0
@@ -38,7 +40,6 @@ def heatmap_covariances(heatmaps, peaks: np.ndarray, sigma, affine: np.ndarray) 
     """(N, 3, 3) world covariance (mm^2) of each channel around its peak voxel (float (N, 3)); ``sigma`` is the
     trained target's, in voxels, one value or one per axis (the window reaches ``SPREAD_REACH`` sigma per axis)."""
     volume = heatmaps.detach().as_subclass(torch.Tensor) if isinstance(heatmaps, torch.Tensor) else torch.as_tensor(np.asarray(heatmaps))
-    linear = np.asarray(affine, dtype=np.float64)[:3, :3]
     reach = np.ceil(SPREAD_REACH * np.broadcast_to(np.asarray(sigma, dtype=np.float64), (3,))).astype(int)
     shape = np.asarray(volume.shape[1:])
     out = np.full((volume.shape[0], 3, 3), np.nan)
@@ -57,7 +58,7 @@ def heatmap_covariances(heatmaps, peaks: np.ndarray, sigma, affine: np.ndarray) 
         mean = (grid * w[:, None]).sum(0) / w.sum()
         offsets = grid - mean
         voxel_cov = (offsets * w[:, None]).T @ offsets / w.sum()
-        out[c] = linear @ voxel_cov @ linear.T
+        out[c] = covariance_to_world(affine, voxel_cov)
     return out
 
 
@@ -101,6 +102,17 @@ def radii(calibration: Mapping | None, covariances: np.ndarray) -> np.ndarray:
     if not calibration or not np.isfinite(calibration.get("normalized_quantile", np.nan)):
         return np.full(len(covariances), np.nan)
     return float(calibration["normalized_quantile"]) * spread_mm(covariances)
+
+
+def found_flags(scores, threshold: float, flagged=None, radius=None, calibration: Mapping | None = None) -> np.ndarray:
+    """``found`` per landmark (N,) bool: peak score >= ``threshold``, not ``flagged`` by the configuration check and,
+    when the calibration sets ``max_radius_mm``, a calibrated ``radius`` (mm) no larger than it."""
+    found = np.asarray(scores, dtype=np.float64) >= threshold
+    if flagged is not None:
+        found &= ~np.asarray(flagged, dtype=bool)
+    if radius is not None and calibration and np.isfinite(calibration.get("max_radius_mm", np.nan)):
+        found &= ~(np.asarray(radius, dtype=np.float64) > float(calibration["max_radius_mm"]))
+    return found
 
 
 def distance_statistics(cases: Sequence[Mapping[str, Sequence[float]]], names: Sequence[str]) -> dict:

@@ -17,7 +17,9 @@ import SimpleITK as sitk
 from scripts.datasets import afids
 from scripts.errors import LandmarkDataError
 from scripts.image_io import read_image_header
-from scripts.landmark_io import load_datalist, read_landmark_descriptions, read_landmarks, voxel_to_world, world_to_voxel
+from scripts.data import load_datalist
+from scripts.geometry import voxel_to_world, world_to_voxel
+from scripts.landmark_io import read_landmark_descriptions, read_landmarks
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FCSV = FIXTURES / "afids_cnn_tpl-MNI152NLin2009cAsym_res-01_T1w.fcsv"
@@ -266,7 +268,7 @@ def test_gaussian_blur_equals_scipy_and_keeps_a_point_mass_normalised():
 
 
 from scripts.datasets import afids_v1  # noqa: E402
-from scripts.datasets.geometry import ThinPlateSpline, apply_affine, fit_affine  # noqa: E402
+from scripts.geometry import ThinPlateSpline, apply_affine, fit_affine  # noqa: E402
 from scripts.errors import GeometryError  # noqa: E402
 
 AFIDS_NAMES = [e["acronym"] for e in json.loads(DESCS.read_text())["human"]]

@@ -11,7 +11,7 @@ import torch
 from scripts.cascade import CascadeInferer, coarse_shape, coarse_to_fine, cover_with_patches
 from scripts.errors import LandmarkConfigError
 from scripts.heatmaps import extract_landmarks, render_heatmaps
-from scripts.landmark_io import voxel_to_world
+from scripts.geometry import voxel_to_world
 from scripts.plans import stage_configuration
 from scripts.transforms import affine_of
 
@@ -144,3 +144,24 @@ def test_extraction_reads_the_heatmaps_own_grid():
     out = ExtractLandmarksd()({"image": image, "pred": heatmaps})
     np.testing.assert_allclose(out["pred_landmarks"], in_box + [10, 20, 30], atol=1e-3)
     np.testing.assert_allclose(out["pred_landmarks_world"], [[-50 + 2 * 22.25, -60 + 2 * 27.5, -40 + 2 * 39.0]], atol=2e-3)
+
+
+def test_coarse_positions_travel_with_the_heatmaps_to_the_world():
+    """The coarse stage's positions ride in the heatmaps' meta data through MONAI's decollation, and ExtractLandmarksd
+    maps them through the image's affine (2 mm voxels, shifted origin) for the coarse-stage check."""
+    from monai.data import MetaTensor, decollate_batch, list_data_collate
+
+    from scripts.transforms import ExtractLandmarksd
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-50, -60, -40]
+    image = MetaTensor(torch.from_numpy(render_heatmaps(POINTS, SHAPE, sigma=3.0)), affine=torch.as_tensor(affine))
+    batch = list_data_collate([image])  # as the evaluator's DataLoader hands it over
+    heatmaps = CascadeInferer(Copy(), [1, 1, 1], [3, 3, 3], [32, 32, 32], [32, 32, 32], sigma=3.0)(batch, Copy())
+    coarse = heatmaps.meta["coarse_landmarks"]
+    assert tuple(coarse.shape) == (1, 4, 3)
+    np.testing.assert_allclose(coarse[0].numpy(), POINTS, atol=1.0)  # a 3-voxel coarse grid places each within a voxel
+    pred = decollate_batch(heatmaps)[0]
+    out = ExtractLandmarksd()({"image": decollate_batch(batch)[0], "pred": pred})
+    np.testing.assert_allclose(out["pred_coarse_landmarks_world"], coarse[0].numpy() * 2.0 + [-50, -60, -40], atol=1e-9)
+    np.testing.assert_allclose(out["pred_landmarks_world"], POINTS * 2.0 + [-50, -60, -40], atol=2e-3)

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.check import check_dataset
+from scripts.data import check_dataset
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -78,7 +78,7 @@ EXPECTED = [  # (severity, file, message fragment), one per problem
     ("error", "no_columns.fcsv", "expected 14 fields, got 2"),
     ("error", "no_points.mrk.json", "no landmarks in the file"),
     ("error", "twice.csv", "duplicate landmark name 'AC'"),
-    ("error", "datalist.json", "outside their image"),
+    ("error", "datalist.json", "landmark(s) outside the image"),
     ("error", "datalist.json", "XYZ"),
     ("warning", "unstated.csv", "coordinate system not stated"),
     ("error", "missing.nii.gz", "not found"),

@@ -19,7 +19,8 @@ from monai.inferers import SlidingWindowInferer
 from scripts.bundle_configs import evaluate_config, inference_config, train_coarse_config, train_config
 from scripts.cascade import CascadeInferer
 from scripts.heatmaps import render_heatmaps
-from scripts.landmark_io import load_datalist, write_landmarks
+from scripts.data import load_datalist
+from scripts.landmark_io import write_landmarks
 from scripts.planning.decisions import SIGMA_MIN, determine_target_spacing, gaussian_mass, make_plans
 from scripts.planning.fingerprint import cached_fingerprint, fingerprint_cache_path, fingerprint_key
 from scripts.transforms import ExtractLandmarksd, LandmarkHeatmapd, RandLandmarkCropd

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from scripts.datasets.synthetic import LANDMARK_NAMES, make_synthetic_dataset
-from scripts.landmark_io import load_datalist, read_landmarks
+from scripts.data import load_datalist
+from scripts.landmark_io import read_landmarks
 
 SCHEDULE = ["--epochs", "40", "--iterations_per_epoch", "25", "--val_interval", "10", "--learning_rate", "0.003"]
 
@@ -174,3 +175,47 @@ def test_calibration_gives_every_landmark_a_radius_and_a_qa_page(trained, tmp_pa
         assert entry["uncertainty"]["radius_mm"] > 0 and entry["uncertainty"]["coverage"] == 0.9
         assert np.allclose(entry["uncertainty"]["covariance_mm2"], np.transpose(entry["uncertainty"]["covariance_mm2"]))
     assert "images/testing_000_landmarks.png" in (out / "qa.html").read_text()
+
+
+def test_calibration_by_group_checks_held_out_groups_and_writes_where_told(trained, tmp_path):
+    """--groups calibrate, --check_groups only check (coverage and found: false vs > 4 mm off, per group), --output leaves
+    models/calibration.json alone, and saved predictions of one run join another's calibration cases."""
+    source = Path(trained["datalist"])
+    document = json.loads(source.read_text())
+
+    def absolute(entry, group=None):
+        paths = {k: str(source.parent / v) for k, v in entry.items() if k in ("image", "landmarks") and isinstance(v, str)}
+        return {**entry, **paths, **({"group": group} if group else {})}
+
+    document["training"] = [absolute(e) for e in document["training"]]
+    document["validation"] = [absolute(e) for e in document["validation"]]
+    document["testing"] = [absolute(e, "scanner_a" if i < 3 else "scanner_b") for i, e in enumerate(document["testing"])]
+    grouped = tmp_path / "grouped.json"
+    grouped.write_text(json.dumps(document))
+    shipped = trained["bundle"] / "models" / "calibration.json"
+    before = shipped.read_bytes() if shipped.exists() else None
+    common = ["-m", "scripts.calibrate", "--bundle_root", trained["bundle"], "--datalist", grouped, "--section", "testing"]
+
+    # without --groups every group but the --check_groups calibrates: scanner_a only
+    log = run([*common, "--check_groups", "scanner_b", "--cases_per_group", "2",
+               "--output", tmp_path / "a.json", "--save_predictions", tmp_path / "a.npz"], cwd=trained["bundle"]).stdout
+    calibration = json.loads((tmp_path / "a.json").read_text())
+    assert (shipped.read_bytes() if shipped.exists() else None) == before, "--output leaves the bundle's calibration alone"
+    assert calibration["n_cases"] == 2 and "groups scanner_a" in calibration["calibration_data"]
+    assert list(calibration["calibration_coverage"]) == ["scanner_a"] and list(calibration["holdout_coverage"]) == ["scanner_b"]
+    held_out = calibration["holdout_coverage"]["scanner_b"]
+    assert held_out["cases"] == 2 and held_out["landmarks"] == 2 * len(LANDMARK_NAMES) and 0.0 <= held_out["coverage"] <= 1.0
+    assert held_out["over_4mm_found_false"] + held_out["over_4mm_found_true"] == held_out["over_4mm"] <= held_out["landmarks"]
+    assert "scanner_b" in log and "found:false" in log
+
+    run([*common, "--groups", "scanner_b", "--cases_per_group", "1", "--add_predictions", tmp_path / "a.npz",
+         "--output", tmp_path / "b.json"], cwd=trained["bundle"])
+    combined = json.loads((tmp_path / "b.json").read_text())
+    assert combined["n_cases"] == 1 + 4 and "a.npz" in combined["calibration_data"], "every case the first run predicted joins"
+    assert {g: row["cases"] for g, row in combined["calibration_coverage"].items()} == {"scanner_a (a)": 2, "scanner_b (a)": 2, "scanner_b": 1}
+
+    wrong = run([*common, "--groups", "scanner_c", "--output", tmp_path / "c.json"], cwd=trained["bundle"], check=False)
+    assert wrong.returncode == 1 and "scanner_c" in wrong.stderr and "Traceback" not in wrong.stderr
+    assert not (tmp_path / "c.json").exists()
+    both = run([*common, "--groups", "scanner_a", "--check_groups", "scanner_a", "--output", tmp_path / "d.json"], cwd=trained["bundle"], check=False)
+    assert both.returncode == 1 and "not both" in both.stderr and "Traceback" not in both.stderr

@@ -32,6 +32,29 @@ def test_foreground_weight_scales_errors_on_the_heatmap():
     assert loss.item() == pytest.approx(5.0)
 
 
+def test_masked_mse_gradient_is_the_hand_computed_one():
+    """The loss's backward is written out (one pass over the heatmaps): 2 (1 + w t) (p - t) m / (N * sum m), here
+    N = 2 voxels, w = 9, one of two channels annotated; and it matches autograd's on random heatmaps."""
+    pred = torch.tensor([0.5, 0.25, 0.75, 0.0]).reshape(1, 2, 2, 1, 1).requires_grad_()
+    label = torch.tensor([1.0, 0.0, 0.0, 0.0]).reshape(1, 2, 2, 1, 1)
+    loss = MaskedHeatmapMSELoss(foreground_weight=9.0)(pred, {"label": label, "mask": torch.tensor([[1.0, 0.0]])})
+    assert loss.item() == pytest.approx((10 * 0.25 + 0.0625) / 2)
+    loss.backward()
+    assert pred.grad.flatten().tolist() == pytest.approx([2 * 10 * -0.5 / 2, 2 * 0.25 / 2, 0.0, 0.0])
+
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 3, 6, 5, 4, requires_grad=True), torch.rand(2, 3, 6, 5, 4) ** 4
+    mask = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
+    ours = MaskedHeatmapMSELoss(9.5)(torch.sigmoid(logits), {"label": target, "mask": mask})
+    (grad,) = torch.autograd.grad(ours, logits)
+    pred = torch.sigmoid(logits)
+    per_channel = ((pred - target) ** 2 * (1 + 9.5 * target)).flatten(2).mean(2)
+    reference = (per_channel * mask).sum() / mask.sum()
+    (expected,) = torch.autograd.grad(reference, logits)
+    assert ours.item() == pytest.approx(reference.item(), rel=1e-6)
+    torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-9)
+
+
 def test_planned_foreground_weight():
     from scripts.planning.decisions import loss_foreground_weight
 

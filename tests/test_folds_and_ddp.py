@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from scripts.datasets.synthetic import LANDMARK_NAMES, make_synthetic_dataset
+from scripts.precision import native_bfloat16
 
 PROJECT = Path(__file__).resolve().parent.parent
 TINY = ["--epochs", "2", "--iterations_per_epoch", "3", "--val_interval", "2", "--learning_rate", "0.003"]
@@ -117,6 +118,11 @@ def test_torchrun_ddp_training_on_cpu_with_gloo(planned, tmp_path):
                "--epochs", "8", "--iterations_per_epoch", "8", "--val_interval", "4", "--learning_rate", "0.003"], cwd=bundle)
     losses = [float(x) for x in re.findall(r"epoch \d+/8: loss ([0-9.e-]+)", log)]
     assert len(losses) == 8, "only rank 0 logs an epoch line"
+    # DDP wraps the precision wrapper: each rank trains in the precision one process would (bfloat16 autocast where
+    # the CPU has it natively), the output layer still float32 under DDP
+    expected = "bfloat16 (autocast body" if native_bfloat16(torch.device("cpu")) else "float32 (float32 throughout"
+    assert log.count(f"training precision: {expected}") == 2, re.findall(r"training precision: .*", log)
+    assert "cannot run its output layer apart" not in log
     assert np.mean(losses[-2:]) < 0.75 * np.mean(losses[:2]), losses
     assert len(re.findall(r"Metrics -- .*val_mre: [0-9.]+", log)) == 2, "validation every 4 epochs, logged once"
     models = bundle / "models"

@@ -11,7 +11,8 @@ import torch
 from monai.transforms import LoadImage
 
 from scripts.errors import LandmarkDataError
-from scripts.image_io import SimpleITKReader, check_finite, ras_affine, read_image_header
+from scripts.geometry import ras_affine
+from scripts.image_io import SimpleITKReader, check_finite, read_image_header
 
 SHAPE = (8, 9, 10)
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])

@@ -19,7 +19,9 @@ from scripts.datasets.synthetic import LANDMARK_NAMES, make_case
 from scripts.export_predictions import export_labelmaps, export_nnlandmark
 from scripts.image_io import read_image_header
 from scripts.import_data import import_nnlandmark, import_slicer, import_table
-from scripts.landmark_io import landmarks_to_array, load_datalist, world_to_voxel, write_landmarks
+from scripts.data import landmarks_to_array, load_datalist
+from scripts.geometry import world_to_voxel
+from scripts.landmark_io import write_landmarks
 from scripts.outputs import landmark_record
 
 PROJECT = Path(__file__).resolve().parent.parent

@@ -22,7 +22,7 @@ from scripts.intensity_randomization import (
     intensity_classes,
     present_labels,
 )
-from scripts.landmark_io import load_datalist
+from scripts.data import load_datalist
 from scripts.planning.decisions import CONTRAST_SUBJECTS, determine_contrast_randomization
 from scripts.planning.fingerprint import count_subjects
 

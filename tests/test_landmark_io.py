@@ -12,16 +12,9 @@ import torch
 
 from scripts.atomic import atomic_write_text
 from scripts.errors import LandmarkDataError
-from scripts.landmark_io import (
-    MARKUPS_SCHEMA,
-    landmarks_to_array,
-    load_datalist,
-    read_landmark_descriptions,
-    read_landmarks,
-    voxel_to_world,
-    world_to_voxel,
-    write_landmarks,
-)
+from scripts.data import landmarks_to_array, load_datalist
+from scripts.geometry import voxel_to_world, world_to_voxel
+from scripts.landmark_io import MARKUPS_SCHEMA, read_landmark_descriptions, read_landmarks, write_landmarks
 
 FIXTURES = Path(__file__).parent / "fixtures"
 AFIDS_CNN_FCSV = FIXTURES / "afids_cnn_tpl-MNI152NLin2009cAsym_res-01_T1w.fcsv"

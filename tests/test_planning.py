@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from scripts.errors import LandmarkDataError
-from scripts.landmark_io import load_datalist, write_landmarks
+from scripts.data import load_datalist
+from scripts.landmark_io import write_landmarks
 from scripts.planning import estimate_training_memory_bytes, fingerprint_dataset, make_plans
 from scripts.planning.decisions import (
     GIB,
@@ -197,7 +198,7 @@ def test_configuration_keys(heads):
     assert list(config) == [
         "landmark_names", "left_right_pairs", "in_channels", "modality", "spacing", "normalization", "sigma_mm", "sigma_voxels",
         "patch_size", "batch_size", "kernel_size", "strides", "filters", "sw_overlap", "sw_batch_size", "tta_mirror_axes",
-        "iterations_per_epoch", "epochs", "training_hours", "val_interval", "learning_rate", "loss_foreground_weight", "landmark_sampling_ratio", "augmentation",
+        "iterations_per_epoch", "epochs", "training_hours", "val_interval", "validation_cases", "learning_rate", "loss_foreground_weight", "landmark_sampling_ratio", "augmentation",
         "folds", "cascade",
     ]
     assert config["strides"][0] == [1, 1, 1] and len(config["strides"]) == len(config["kernel_size"]) == len(config["filters"])

@@ -3,6 +3,11 @@ and that a mixed-precision training step (real SupervisedTrainer) learns like a 
 only (16^3-24^3): bfloat16 is emulated, and slow, on CPUs without it."""
 
 import logging
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,6 +45,40 @@ def test_training_precision_auto_follows_the_processor_and_float16_needs_cuda():
         training_dtype("float16", cpu)
     with pytest.raises(LandmarkConfigError, match="is not a precision"):
         needs_grad_scaler("fp8", cpu)
+
+
+def _processor_has_bfloat16() -> bool:
+    flags = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return bool(flags.get("avx512_bf16") or flags.get("amx_bf16") or flags.get("bf16"))
+
+
+def test_auto_is_float32_where_onednn_is_capped_below_native_bfloat16(monkeypatch):
+    """oneDNN calls bfloat16 'supported' from AVX512_CORE up, where it emulates it (a training step 1.9x slower than
+    float32 here): a cap below AVX512_CORE_BF16 means float32, as does a processor without the bfloat16 flags."""
+    cpu = torch.device("cpu")
+    for isa in ("AVX512_CORE", "avx512_core_vnni", "AVX2"):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+        assert not native_bfloat16(cpu)
+        assert training_dtype("auto", cpu) == torch.float32 and inference_dtype("auto", cpu) == torch.float32
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert native_bfloat16(cpu) == _processor_has_bfloat16()
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_f": True, "avx512_bf16": False, "amx_bf16": False})
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        assert not native_bfloat16(cpu), "AVX-512 without its bfloat16 instructions: emulated"
+
+
+def test_auto_is_float32_on_an_avx2_capped_process():
+    """A fresh process with oneDNN and ATen capped at AVX2 (how this project emulates an AVX2-only CPU): the caps take
+    effect and ``auto`` picks float32 for training and inference. About 3 s (a torch import)."""
+    code = ("import torch; from scripts.precision import inference_dtype, training_dtype; "
+            "print(torch.backends.cpu.get_cpu_capability(), training_dtype('auto', 'cpu'), inference_dtype('auto', 'cpu'))")
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                            cwd=str(Path(__file__).resolve().parent.parent))
+    assert result.returncode == 0, result.stderr[-2000:]
+    capability, training, inference = result.stdout.split()
+    assert capability in ("AVX2", "DEFAULT") and training == inference == "torch.float32"
 
 
 def test_split_forward_equals_dynunet_forward():
@@ -98,6 +137,33 @@ def test_output_layer_stays_float32_inside_an_outer_autocast():
     with torch.inference_mode():
         outside = wrapped(x)
     assert inside.dtype == torch.float32 and torch.equal(inside, outside)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_out_of_place_activations_train_exactly_like_in_place_ones(dtype, one_thread):
+    """training_network makes DynUNet's in-place LeakyReLUs out of place (a faster backward): the loss and every
+    gradient of three Adam steps are the same bit for bit, in float32 and under bfloat16 autocast."""
+    from scripts.losses import MaskedHeatmapMSELoss
+    from scripts.precision import out_of_place_activations
+
+    torch.manual_seed(3)
+    image, label = torch.randn(2, 1, 16, 16, 16), torch.rand(2, len(NAMES), 16, 16, 16)
+    runs = []
+    for change in (False, True):
+        net = small_net().train()
+        assert sum(getattr(m, "inplace", False) for m in net.modules()) > 0
+        if change:
+            assert out_of_place_activations(net) is net and not any(getattr(m, "inplace", False) for m in net.modules())
+        model, optimizer, losses = with_precision(net, dtype), torch.optim.Adam(net.parameters(), 1e-2), []
+        for _ in range(3):
+            optimizer.zero_grad()
+            loss = MaskedHeatmapMSELoss(9.5)(model(image), label)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        runs.append((losses, [p.grad.clone() for p in net.parameters()]))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
 
 
 def _train(precision: str, iterations: int = 30) -> tuple[float, float, LandmarkHeatmapNet, torch.Tensor]:

@@ -20,9 +20,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from scripts.check import check_dataset
 from scripts.cli_args import path_argument, typed_text
-from scripts.data import image_stem, resolve_inputs, scans_in_folder, select_cases
+from scripts.data import check_dataset, image_stem, resolve_inputs, scans_in_folder, select_cases
 from scripts.errors import GeometryError, LandmarkConfigError
 from scripts.image_io import LoadImaged, header_notes, read_image, read_image_header
 from scripts.planning.fingerprint import _read_pixels

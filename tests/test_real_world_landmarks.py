@@ -20,11 +20,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.check import check_dataset
-from scripts.data import check_cases, select_cases
+from scripts.data import check_cases, check_dataset, load_datalist, select_cases
 from scripts.errors import LandmarkDataError
 from scripts.import_data import import_nnlandmark, import_table
-from scripts.landmark_io import load_datalist, outside_image, read_landmarks, read_points
+from scripts.geometry import outside_image
+from scripts.landmark_io import read_landmarks, read_points
 from scripts.landmark_names import LandmarkNames, Point, plans_landmark_names
 from scripts.transforms import LoadLandmarksd
 

@@ -19,7 +19,7 @@ def test_worker_count_follows_the_cores_and_is_chosen_at_run_time(caplog):
         workers = training_workers()
     assert 1 <= workers <= 8 and "worker process(es) for" in caplog.text
     train = json.loads((PROJECT / "configs" / "train.json").read_text())
-    assert train["num_workers"] == "$scripts.throughput.training_workers()" and train["precision"] == "auto"
+    assert train["num_workers"] == {"_target_": "scripts.throughput.training_workers"} and train["precision"] == "auto"
 
 
 def test_data_wait_share_of_a_real_ignite_loop(caplog):

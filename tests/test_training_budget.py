@@ -115,7 +115,8 @@ def test_fixed_schedule_and_bad_budgets(tmp_path):
 
 def test_planner_writes_a_budget_not_a_step_time():
     cpu, reason = determine_training_length({}, {}, 2, "cpu")
-    assert cpu == {"iterations_per_epoch": 50, "epochs": None, "training_hours": 2.5, "val_interval": None}
+    assert cpu == {"iterations_per_epoch": 50, "epochs": None, "training_hours": 2.5, "val_interval": None,
+                   "validation_cases": 12}  # at most 12 validation cases per training-time validation (docs/planner.md rule 8)
     assert "measured" in reason and "--hours" in reason
     gpu, _ = determine_training_length({}, {}, 2, "gpu")
     assert (gpu["epochs"], gpu["training_hours"], gpu["val_interval"]) == (1000, None, 50)

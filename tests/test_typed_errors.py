@@ -37,9 +37,10 @@ def raises_of_system_exit(path: Path):
 
 
 def test_no_system_exit_below_a_main():
-    """An AST scan of the library (scripts/, the MONAI Label app): SystemExit only in a command's main or the CLI helper."""
+    """An AST scan of the library (scripts/, the MONAI Label app) and the bench scripts: SystemExit only in a command's
+    main or the CLI helper."""
     offenders = []
-    for path in sorted([*PROJECT.glob("scripts/**/*.py"), *PROJECT.glob("monailabel_app/*.py")]):
+    for path in sorted([*PROJECT.glob("scripts/**/*.py"), *PROJECT.glob("monailabel_app/*.py"), *PROJECT.glob("bench/*.py")]):
         for line, function in raises_of_system_exit(path):
             if function not in COMMAND_HELPERS or (function == "wrapper" and path.name != "errors.py"):
                 offenders.append(f"{path.relative_to(PROJECT)}:{line} (in {function})")

@@ -46,13 +46,13 @@ import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.transforms import RandAdjustContrast, RandBiasField, RandGaussianNoise
 
-from scripts.datasets.geometry import rotation_xyz
+from scripts.geometry import rotation_xyz, voxel_to_world, world_to_voxel
 from scripts.elastic import RandElasticDeformd
 from scripts.errors import LandmarkDataError
 from scripts.image_io import read_image_header
 from scripts.landmark_names import fold
 from scripts.atomic import atomic_write_bytes, atomic_write_text
-from scripts.landmark_io import read_landmarks, voxel_to_world, world_to_voxel, write_landmarks
+from scripts.landmark_io import read_landmarks, write_landmarks
 
 logger = logging.getLogger(__name__)
 

@@ -45,11 +45,11 @@ import torch
 import torch.nn.functional as F
 
 from scripts.datasets import afids
-from scripts.datasets.geometry import ThinPlateSpline, apply_affine, fit_affine
+from scripts.geometry import ThinPlateSpline, apply_affine, fit_affine, voxel_to_world, world_to_voxel
 from scripts.errors import LandmarkDataError
 from scripts.image_io import read_image_header
 from scripts.atomic import atomic_write_bytes, atomic_write_text
-from scripts.landmark_io import voxel_to_world, world_to_voxel, write_landmarks
+from scripts.landmark_io import write_landmarks
 
 logger = logging.getLogger(__name__)
 

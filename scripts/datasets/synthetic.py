@@ -16,7 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from scripts.datasets.geometry import rotation_xyz
+from scripts.geometry import rotation_xyz, voxel_to_world
 
 LANDMARK_NAMES = ["Apex", "Pit", "Ring", "LKnob", "RKnob"]
 LEFT_RIGHT_PAIRS = [{"left": "LKnob", "right": "RKnob"}]
@@ -54,7 +54,7 @@ def random_landmarks(rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 def render_volume(rng: np.random.Generator, shape, affine: np.ndarray, points: dict[str, np.ndarray]) -> np.ndarray:
     ijk = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1).reshape(-1, 3)
-    world = ijk @ affine[:3, :3].T + affine[:3, 3]
+    world = voxel_to_world(affine, ijk)
     head = np.sum((world / HEAD_RADII_MM) ** 2, axis=1) <= 1.0
     image = 100.0 * head
     distance = {name: np.linalg.norm(world - p, axis=1) for name, p in points.items()}

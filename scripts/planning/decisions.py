@@ -57,6 +57,7 @@ SIGMA_NEIGHBOUR_FRACTION = 1 / 3  # ...but never beyond 1/3 of it
 GPU_ITERATIONS_PER_EPOCH, GPU_EPOCHS = 250, 1000  # nnU-Net's schedule
 CPU_ITERATIONS_PER_EPOCH = 50
 CPU_TRAINING_HOURS = 2.5  # per stage: one working session; the epochs follow from the step time measured when training starts
+CPU_VALIDATION_CASES = 12  # at most, during training (spread over the datalist's groups); evaluate.json scores all
 REFERENCE_CPU_STEP_SECONDS = 0.6  # measured: 48^3 x batch 2, 32 landmarks, 2 AMD EPYC cores (docs/benchmarks.md); for reasons only
 LEARNING_RATE_SHORT, LEARNING_RATE_LONG, LONG_SCHEDULE_ITERATIONS = 1e-3, 3e-4, 20_000
 
@@ -422,13 +423,16 @@ def determine_training_length(fingerprint: dict, network: dict, batch_size: int,
         value["val_interval"] = validation_interval(GPU_EPOCHS)
         return value, (f"nnU-Net's schedule: {GPU_ITERATIONS_PER_EPOCH} iterations x {GPU_EPOCHS} epochs; validate every "
                        f"{value['val_interval']} epoch(s) ({VALIDATIONS_PER_TRAINING} validations); --hours H trains to a time budget instead")
-    value = {"iterations_per_epoch": CPU_ITERATIONS_PER_EPOCH, "epochs": None, "training_hours": CPU_TRAINING_HOURS, "val_interval": None}
+    value = {"iterations_per_epoch": CPU_ITERATIONS_PER_EPOCH, "epochs": None, "training_hours": CPU_TRAINING_HOURS, "val_interval": None,
+             "validation_cases": CPU_VALIDATION_CASES}
     reference = int(CPU_TRAINING_HOURS * 3600 / REFERENCE_CPU_STEP_SECONDS / CPU_ITERATIONS_PER_EPOCH)
     return value, (
         f"a time budget of {CPU_TRAINING_HOURS:g} h{' per stage' if cascade else ''}, validations included, in epochs of "
         f"{CPU_ITERATIONS_PER_EPOCH} iterations: training times a few steps on the machine that trains and takes as many "
         f"epochs as fit (e.g. about {reference} at the {REFERENCE_CPU_STEP_SECONDS:g} s step measured for 48^3 x 2 on 2 AMD EPYC "
-        f"cores), validating about {VALIDATIONS_PER_TRAINING} times; --hours H changes the budget, --epochs N fixes the count"
+        f"cores), validating about {VALIDATIONS_PER_TRAINING} times on at most {CPU_VALIDATION_CASES} validation cases spread over "
+        f"the datalist's groups (50 cascade validations of 3 s each, 20 times, would take a third of the budget; evaluate.json "
+        f"scores every case); --hours H changes the budget, --epochs N fixes the count"
     )
 
 
@@ -655,6 +659,7 @@ def make_plans(fingerprint: dict, budget: str = "cpu", memory_gb: float | None =
         "epochs": length["epochs"],
         "training_hours": length["training_hours"],
         "val_interval": length["val_interval"],
+        "validation_cases": length.get("validation_cases"),
         "learning_rate": learning_rate,
         "loss_foreground_weight": loss_weight,
         "landmark_sampling_ratio": sampling,

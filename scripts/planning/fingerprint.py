@@ -23,7 +23,8 @@ import SimpleITK as sitk
 from scripts.errors import LandmarkDataError
 from scripts.image_io import check_finite, read_image, read_image_header
 from scripts.atomic import atomic_write_text
-from scripts.landmark_io import Datalist, landmarks_to_array, outside_image
+from scripts.data import Datalist, entry_images, grid_problems, landmarks_to_array, outside_names
+from scripts.geometry import ras_axes
 from scripts.landmark_names import name_variants
 
 logger = logging.getLogger(__name__)
@@ -56,10 +57,6 @@ def _r(value, digits: int = 4):
 # ----------------------------------------------------------------------------- cases and geometry
 
 
-def _images_of(entry: dict) -> list[str]:
-    return [entry["image"]] if isinstance(entry["image"], str) else list(entry["image"])
-
-
 def _relative(path: str, root: str) -> str:
     return os.path.relpath(path, root).replace(os.sep, "/")
 
@@ -76,28 +73,17 @@ def _labelled_cases(datalist: Datalist) -> list[tuple[str, int, dict]]:
         for section in ("training", "validation")
         for index, entry in enumerate(datalist.section(section))
     ]
-    channels = {len(_images_of(entry)) for _, _, entry in cases}
+    channels = {len(entry_images(entry)) for _, _, entry in cases}
     if len(channels) > 1:
         raise LandmarkDataError(datalist.path, f"entries list different numbers of images per case: {sorted(channels)}")
-    return sorted(cases, key=lambda case: (_images_of(case[2]), case[0], case[1]))
-
-
-def _ras_axes(affine: np.ndarray) -> list[int]:
-    """For each voxel axis, the RAS world axis it runs along most (what orienting to RAS permutes to)."""
-    direction = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
-    axes = [int(np.argmax(np.abs(direction[:, i]))) for i in range(3)]
-    if sorted(axes) != [0, 1, 2]:  # oblique beyond 45 degrees on two axes: keep the file's order
-        return [0, 1, 2]
-    return axes
+    return sorted(cases, key=lambda case: (entry_images(case[2]), case[0], case[1]))
 
 
 def _geometry(path: str) -> dict:
-    header = read_image_header(path)
-    if len(header.shape) != 3:
-        raise LandmarkDataError(path, f"{len(header.shape)}D image: expected 3D")
+    header = read_image_header(path)  # the reader policy refuses what is not a 3D scalar image
     spacing = np.asarray(header.spacing, dtype=np.float64)
     shape = np.asarray(header.shape, dtype=np.int64)
-    axes = _ras_axes(header.affine)
+    axes = ras_axes(header.affine)
     spacing_ras, shape_ras = np.empty(3), np.empty(3, dtype=np.int64)
     spacing_ras[axes], shape_ras[axes] = spacing, shape
     return {
@@ -109,14 +95,6 @@ def _geometry(path: str) -> dict:
         "spacing_ras": _r(spacing_ras, 5),
         "extent_mm": _r(spacing_ras * shape_ras, 3),
     }
-
-
-def _check_same_grid(paths: list[str], geometries: list[dict]) -> None:
-    for path, geometry in zip(paths[1:], geometries[1:]):
-        if geometry["shape"] != geometries[0]["shape"]:
-            raise LandmarkDataError(
-                path, f"shape {geometry['shape']} differs from {paths[0]}'s {geometries[0]['shape']}: co-registered inputs share one grid"
-            )
 
 
 # ----------------------------------------------------------------------------- intensities
@@ -394,29 +372,30 @@ def _pairs_block(datalist: Datalist, positions: np.ndarray, names: list[str]) ->
 
 def _case_record(datalist: Datalist, section: str, index: int, entry: dict, names: list[str]) -> tuple[dict, np.ndarray, list]:
     root = str(datalist.path.parent)
-    paths = _images_of(entry)
+    paths = entry_images(entry)
     geometries = [_geometry(path) for path in paths]
-    _check_same_grid(paths, geometries)
+    mismatched = grid_problems([geometry["header"] for geometry in geometries])
+    if mismatched:
+        raise LandmarkDataError(mismatched[0].source, mismatched[0].message)
     geometry = geometries[0]
     header = geometry.pop("header")
     positions = landmarks_to_array(entry.get("landmarks") or {}, names)
     annotated = np.all(np.isfinite(positions), axis=1)
-    outside = outside_image(header.affine, header.shape, positions)
-    if annotated.any() and outside[annotated].all():
+    outside = outside_names(header, names, positions)  # the planner warns; training (check_cases) refuses them
+    if annotated.any() and len(outside) == int(annotated.sum()):
         raise LandmarkDataError(
             paths[0], f"all {int(annotated.sum())} landmarks lie outside the image (wrong image, or LPS/RAS mixed up?)"
         )
     warnings = []
-    if outside.any():
-        listed = ", ".join(name for name, out in zip(names, outside) if out)
-        warnings.append(f"{paths[0]}: landmark(s) outside the image: {listed}")
+    if outside:
+        warnings.append(f"{paths[0]}: landmark(s) outside the image: {', '.join(outside)}")
     record = {
         "image": _relative(paths[0], root) if len(paths) == 1 else [_relative(p, root) for p in paths],
         "section": section,
         "index": index,
         **{key: value for key, value in geometry.items()},
         "n_landmarks": int(annotated.sum()),
-        "n_landmarks_outside": int(outside.sum()),
+        "n_landmarks_outside": len(outside),
     }
     return record, positions, warnings
 
@@ -438,18 +417,18 @@ def _parallel_map(function, items: list) -> list:
 
 def _intensity_block(records: list[dict], cases: list[tuple[str, int, dict]], limit: int) -> tuple[list, list]:
     """Per-image statistics (into the records) and the pooled foreground statistics per channel."""
-    n_channels = len(_images_of(cases[0][2]))
+    n_channels = len(entry_images(cases[0][2]))
     pooled = [[] for _ in range(n_channels)]
     hints = [[] for _ in range(n_channels)]
     chosen = set(_intensity_cases(len(cases), limit))
-    paths = [path for position, (_, _, entry) in enumerate(cases) if position in chosen for path in _images_of(entry)]
+    paths = [path for position, (_, _, entry) in enumerate(cases) if position in chosen for path in entry_images(entry)]
     read = iter(_parallel_map(image_intensities, paths))  # in order: the fingerprint does not depend on the workers
     for position, (record, (_, _, entry)) in enumerate(zip(records, cases)):
         record["intensity"] = None
         if position not in chosen:
             continue
         record["intensity"] = []
-        for channel, _ in enumerate(_images_of(entry)):
+        for channel, _ in enumerate(entry_images(entry)):
             stats, sample = next(read)
             record["intensity"].append(stats)
             pooled[channel].append(sample)
@@ -521,7 +500,7 @@ def fingerprint_dataset(datalist: Datalist, max_cases_for_intensity: int = 50) -
 # ----------------------------------------------------------------------------- cache beside the datalist
 
 CACHE_SUFFIX = ".fingerprint.json"
-_SOURCES = ("planning/fingerprint.py", "image_io.py", "landmark_io.py", "landmark_names.py")  # the code a fingerprint depends on
+_SOURCES = ("planning/fingerprint.py", "image_io.py", "geometry.py", "data.py", "landmark_io.py", "landmark_names.py")  # the code a fingerprint depends on
 
 
 def fingerprint_cache_path(datalist: Datalist) -> Path:
@@ -543,7 +522,7 @@ def fingerprint_key(datalist: Datalist, max_cases_for_intensity: int = 50) -> st
     root = Path(__file__).resolve().parent.parent
     code = [hashlib.sha256((root / name).read_bytes()).hexdigest() for name in _SOURCES]
     entries = [(section, datalist.section(section)) for section in ("training", "validation")]
-    images = sorted({path for _, section in entries for entry in section for path in _images_of(entry)})
+    images = sorted({path for _, section in entries for entry in section for path in entry_images(entry)})
     content = {"code": code, "max_cases_for_intensity": max_cases_for_intensity, "names": list(datalist.landmark_names),
                "pairs": datalist.left_right_pairs, "entries": entries, "files": [_file_state(path) for path in images]}
     text = json.dumps(content, sort_keys=True, default=lambda value: np.asarray(value, dtype=np.float64).tolist()
