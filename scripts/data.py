@@ -156,14 +156,18 @@ def cases_per_group(entries: Sequence[dict], per_group: int | None = None, group
         by_group[group_of(entry)][str(entry.get("anatomy", ""))].append(entry)
     subset = []
     for group in sorted(by_group):
-        queues = [sorted(by_group[group][a], key=lambda e: str(e["image"])) for a in sorted(by_group[group])]
-        picked: list[dict] = []
-        while len(picked) < per_group and any(queues):
-            for queue in queues:
-                if queue and len(picked) < per_group:
-                    picked.append(queue.pop(0))
-        subset += picked
+        subset += _in_turn([sorted(by_group[group][a], key=lambda e: str(e["image"])) for a in sorted(by_group[group])], per_group)
     return subset
+
+
+def _in_turn(queues: list[list], count: int) -> list:
+    """Up to ``count`` items, the first of each queue, then the second of each, ... (queues are not modified)."""
+    queues, taken = [list(q) for q in queues], []
+    while len(taken) < count and any(queues):
+        for queue in queues:
+            if queue and len(taken) < count:
+                taken.append(queue.pop(0))
+    return taken
 
 
 def spread_over_groups(entries: Sequence[dict], max_cases: int | None) -> list[dict]:
@@ -183,12 +187,7 @@ def spread_over_groups(entries: Sequence[dict], max_cases: int | None) -> list[d
     if len(groups) == 1:
         chosen = [int(k * len(entries) / max_cases) for k in range(max_cases)]
     else:
-        queues = [list(indices) for indices in groups.values()]
-        chosen = []
-        while len(chosen) < max_cases:
-            for queue in queues:
-                if queue and len(chosen) < max_cases:
-                    chosen.append(queue.pop(0))
+        chosen = _in_turn(list(groups.values()), max_cases)
     return [entries[i] for i in sorted(chosen)]
 
 
