@@ -103,14 +103,18 @@ def run_one(bundle: Path, stage: str, precision: str, workers: int, warmup: int,
 def table(bundle: Path, rounds: int, warmup: int, steps: int) -> str:
     from bench.machine import machine_description
     from scripts.precision import training_dtype
+    from scripts.throughput import training_workers
 
     mixed = str(training_dtype("auto", "cpu")).replace("torch.", "")
     stages = ["fine"] + (["coarse"] if (bundle / "configs" / "train_coarse.json").exists() else [])
     configurations = []
     for stage in stages:
-        configurations += [(stage, "float32", 1, ""), (stage, "auto", 1, ""), (stage, "auto", 2, "")]
+        # float32 with 1 worker: the default before mixed precision and run-time worker counts (the reference);
+        # 0 workers: augmentation in the training process, training_workers()'s choice below 4 cores
+        configurations += [(stage, "float32", 1, ""), (stage, "float32", 0, ""), (stage, "auto", 0, ""), (stage, "auto", 1, "")]
         if stage == "fine":
-            configurations += [(stage, "auto", 1, "OMP_WAIT_POLICY=PASSIVE"), (stage, "auto", 1, "capped at AVX2")]
+            configurations += [(stage, "auto", 2, ""), (stage, "auto", 1, "OMP_WAIT_POLICY=PASSIVE"),
+                               (stage, "auto", 0, "capped at AVX2")]
     runs: dict = {c: [] for c in configurations}
     started = time.perf_counter()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -140,8 +144,11 @@ def table(bundle: Path, rounds: int, warmup: int, steps: int) -> str:
            if load > 0.5 * (os.cpu_count() or 1) else " (the end figure includes the benchmark's own processes)."),
         "",
         f"Each row: one process as training runs it (the configs' cached dataset, DataLoader with its random augmentation and heatmaps "
-        f"in the workers, the trainer's network, loss and Adam), {steps} steps after {warmup} warm-up steps, the median over "
-        f"{rounds} rounds (every row once per round, in turn). Data wait: the share of the step spent in `next()` on the loader. "
+        f"in the workers, or in the training process with 0 workers, the trainer's network, loss and Adam), {steps} steps after "
+        f"{warmup} warm-up steps, the median over {rounds} rounds (every row once per round, in turn). Training picks "
+        f"{training_workers()} worker(s) on this machine (scripts.throughput.training_workers: none below 4 cores). `vs float32`: "
+        "against the float32 row with 1 worker, the default before mixed precision. "
+        "Data wait: the share of the step spent in `next()` on the loader (with 0 workers: the augmentation itself). "
         "Peak RSS: the process's high-water mark (workers not included). `OMP_WAIT_POLICY=PASSIVE`: that row's process "
         "ran with OpenMP's threads sleeping instead of spinning while they wait; `capped at AVX2`: with "
         "`ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`, as on a CPU without native bfloat16 (`auto` picks float32 "

@@ -5,7 +5,7 @@ The worker count is a property of the machine, not of the dataset, so it is deci
 plans.json or the configs: re-planning the same data on another machine writes the same files.
 
 Deterministic preprocessing (reading, reorientation, resampling, normalisation) is cached once by
-train.json's CacheDataset; a worker only runs the random part (crop, affine, elastic deformation,
+train.json's CacheDataset; a worker (or, below 4 cores, the training process) only runs the random part (crop, affine, elastic deformation,
 intensity augmentation, heatmap targets), a few percent of a CPU training step (docs/benchmarks.md).
 """
 
@@ -33,12 +33,14 @@ def available_cores() -> int:
 def training_workers(cores: int | None = None) -> int:
     """Data-loader worker processes for training on a machine with ``cores`` cores (default: this one's).
 
-    One per four cores, at least 1 and at most 8: on a CPU the network step takes every core and a
-    worker needs only a small share of one (the random augmentation of 2 patches is ~4% of a 2-core
-    step), so one worker keeps up there; a GPU machine's step is short and its cores many, so it gets more.
+    One per four cores, at most 8, and none (augmentation in the training process, between steps) below 4
+    cores: on a CPU the network step takes every core, and a worker process on the same 2 cores preempts
+    the training threads, which then wait for each other. Measured here (2 cores, bfloat16, 10 steps):
+    fine stage 0.407 s per step inline against 0.480 s with one worker, coarse 0.453 against 0.457
+    (docs/benchmarks.md). A GPU machine's step is short and its cores many, so it gets workers.
     Logged, so a training log says what it ran with."""
     count = available_cores() if cores is None else int(cores)
-    workers = max(1, min(MAX_WORKERS, count // 4))
+    workers = max(0, min(MAX_WORKERS, count // 4))
     if cores is None:
         logger.info("data loading: %d worker process(es) for %d available core(s)", workers, count)
     return workers
