@@ -132,22 +132,12 @@ def distance_statistics(cases: Sequence[Mapping[str, Sequence[float]]], names: S
             "n_cases": len(cases)}
 
 
-def case_size_factor(distances: np.ndarray, median: np.ndarray, order: Sequence[int]) -> float:
-    """The case's size relative to the training annotations (1.0: the same size).
-
-    ``distances`` (N, N) mm in the case's landmark order, ``median`` (M, M) mm the training medians in the
-    statistics' order, ``order`` the statistics' index of each landmark (-1: not in the statistics). Per
-    landmark, the median over its partners of distance / training median; then the median of those over the
+def case_size_factor(ratios: np.ndarray) -> float:
+    """The case's size relative to the training annotations (1.0: the same size), from ``ratios`` (N, N): each
+    pair's distance over its training median distance, NaN where not comparable (the diagonal, a landmark not
+    in the statistics). Per landmark, the median over its partners; then the median of those over the
     landmarks. A landmark that jumped spoils one ratio of each other landmark's, so, as in the flags, the
     median over partners keeps it out even with 4 landmarks. 1.0 when no pair is comparable."""
-    n = len(order)
-    ratios = np.full((n, n), np.nan)
-    for a in range(n):
-        for b in range(n):
-            if a != b and order[a] >= 0 and order[b] >= 0:
-                reference = median[order[a], order[b]]
-                if np.isfinite(reference) and reference > 0 and np.isfinite(distances[a, b]):
-                    ratios[a, b] = distances[a, b] / reference
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a landmark without comparable partners: all-NaN row
         per_landmark = np.nanmedian(ratios, axis=1)
@@ -167,12 +157,13 @@ def configuration_flags(world: np.ndarray, statistics: Mapping | None, names: Se
     scale = np.asarray(statistics["scale_mm"], dtype=np.float64)
     world = np.asarray(world, dtype=np.float64)
     distances = np.linalg.norm(world[:, None, :] - world[None, :, :], axis=-1)
-    distances = distances / case_size_factor(distances, median, order)
-    z = np.full((n, n), np.nan)
-    for a in range(n):
-        for b in range(n):
-            if a != b and order[a] >= 0 and order[b] >= 0 and np.isfinite(median[order[a], order[b]]):
-                z[a, b] = (distances[a, b] - median[order[a], order[b]]) / scale[order[a], order[b]]
+    known = np.asarray(order) >= 0
+    pair = np.ix_(np.where(known, order, 0), np.where(known, order, 0))
+    comparable = known[:, None] & known[None, :] & ~np.eye(n, dtype=bool) & np.isfinite(median[pair])
+    reference = np.where(comparable, median[pair], np.nan)  # (N, N) training median of each pair of this case
+    with np.errstate(all="ignore"):
+        distances = distances / case_size_factor(np.where(reference > 0, distances / reference, np.nan))
+        z = (distances - reference) / scale[pair]
     with np.errstate(all="ignore"):
         score = np.nanmedian(np.abs(z), axis=1)
     return np.nan_to_num(score, nan=0.0) > CONFIGURATION_Z, score

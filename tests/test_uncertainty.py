@@ -80,15 +80,15 @@ def test_head_size_is_divided_out_but_a_jump_in_a_larger_head_is_not():
     statistics = distance_statistics([{n: LAYOUT[i].tolist() for i, n in enumerate(NAMES)}], NAMES)
     median = np.asarray(statistics["median_mm"])
     larger = LAYOUT * 1.3  # 30% larger: every distance 1.3x, well beyond the 10% floor without the size factor
-    distances = np.linalg.norm(larger[:, None] - larger[None], axis=-1)
-    assert case_size_factor(distances, median, [0, 1, 2, 3]) == pytest.approx(1.3, rel=1e-5)
+    ratios = np.linalg.norm(larger[:, None] - larger[None], axis=-1) / np.where(np.eye(4, dtype=bool), np.nan, median)
+    assert case_size_factor(ratios) == pytest.approx(1.3, rel=1e-5)
     flagged, score = configuration_flags(larger, statistics, NAMES)
     assert not flagged.any() and np.allclose(score, 0.0, atol=1e-3)
     larger[2] += [0.0, -39.0, 32.5]  # C jumps (the 1.3x head's version of the jump above)
     # ratios to the training distances: AB, AD, BD 1.3; AC |(0, 13, 32.5)| / 40 = 0.875; BC |(-52, 13, 32.5)| / 56.57
     # = 1.108; CD |(0, 13, -19.5)| / 56.57 = 0.414. Median over partners: A 1.3, B 1.3, C 0.875, D 1.3 -> 1.3
-    distances = np.linalg.norm(larger[:, None] - larger[None], axis=-1)
-    assert case_size_factor(distances, median, [0, 1, 2, 3]) == pytest.approx(1.3, rel=1e-5)
+    ratios = np.linalg.norm(larger[:, None] - larger[None], axis=-1) / np.where(np.eye(4, dtype=bool), np.nan, median)
+    assert case_size_factor(ratios) == pytest.approx(1.3, rel=1e-5)
     assert configuration_flags(larger, statistics, NAMES)[0].tolist() == [False, False, True, False]
 
 
