@@ -10,7 +10,9 @@ case, affine (Mattes mutual information, so the T2w cases work too), then affine
 template's fiducials along. Seconds per case: model = evaluator time per case (models loaded once); registration
 = the registration calls alone. Also the coarse-stage check: per group, the share of landmarks whose coarse
 position lies within the fine search radius (``fine_search_radius_mm``), from the same model runs. Groups are the
-datalist's ``group`` (docs/afids_dataset.md).
+datalist's ``group`` (docs/afids_dataset.md). Training validates on ``validation_cases`` of the validation cases
+(train.json) and keeps the checkpoint that scores best on them; each group table adds the model + TTA row over its
+other cases, which played no part in choosing the model.
 """
 
 from __future__ import annotations
@@ -64,6 +66,22 @@ def choose_cases(datalist, sections, groups, cases_per_group: int | None) -> lis
     if missing:
         raise LandmarkConfigError("--groups", f"no annotated case of group(s) {', '.join(missing)} in {datalist.path}")
     return chosen
+
+
+def selection_images(bundle: Path, datalist_path: Path) -> set[str]:
+    """Resolved image paths of the validation cases that training scored to keep its best checkpoint: train.json's
+    ``validation_cases`` of the datalist's validation section, as training spreads them over the groups
+    (scripts.data.spread_over_groups); empty when training scores them all."""
+    from monai.bundle import ConfigParser
+
+    from scripts.data import select_cases, spread_over_groups
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    limit = parser.get("validation_cases")
+    entries = select_cases(str(datalist_path), "validation")
+    chosen = spread_over_groups(entries, limit)
+    return set() if len(chosen) == len(entries) else {str(Path(e["image"]).resolve()) for e in chosen}
 
 
 def registration_template(datalist, anatomy: str) -> dict:
@@ -139,19 +157,26 @@ def registration_errors(template_entry: dict, cases: list[tuple[str, dict]], nam
 # ----------------------------------------------------------------------------- tables
 
 
-def group_table(results: dict, cases: list[str]) -> list[str]:
-    """One group: a row per method over the same ``cases`` (MRE, median, SDR@2/3/4 mm, seconds per case).
+def group_table(results: dict, cases: list[str], selection: set[str] = frozenset()) -> list[str]:
+    """One group: a row per method over the same ``cases`` (MRE, median, SDR@2/3/4 mm, seconds per case), then,
+    when some of ``cases`` are in ``selection`` (the cases training kept its best checkpoint on), the model + mirror
+    TTA row over the others.
 
     ``results``: {method: ({case: {landmark: error_mm}}, {case: seconds})}."""
     lines = ["| method | cases | landmarks | MRE (mm) | median (mm) | SDR@2 mm | SDR@3 mm | SDR@4 mm | s / case |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for method, (errors, seconds) in results.items():
-        values = [e for case in cases for e in errors.get(case, {}).values()]
+    rows = list(results.items())
+    unseen = [c for c in cases if c not in selection]
+    if "model + mirror TTA" in results and 0 < len(unseen) < len(cases):
+        rows.insert(2, (f"model + mirror TTA, not the {len(cases) - len(unseen)} checkpoint-selection case(s)", results["model + mirror TTA"]))
+    for method, (errors, seconds) in rows:
+        subset = unseen if method.startswith("model + mirror TTA, not") else cases
+        values = [e for case in subset for e in errors.get(case, {}).values()]
         if not values:
             continue
         s = summarize_errors(values)
-        per_case = np.mean([seconds[c] for c in cases if c in seconds])
-        lines.append(f"| {method} | {sum(1 for c in cases if c in errors)} | {s['n']} | {s['mre']:.2f} | {s['median']:.2f} | {s['sdr_2mm']:.1%} | "
+        per_case = np.mean([seconds[c] for c in subset if c in seconds])
+        lines.append(f"| {method} | {sum(1 for c in subset if c in errors)} | {s['n']} | {s['mre']:.2f} | {s['median']:.2f} | {s['sdr_2mm']:.1%} | "
                      f"{s['sdr_3mm']:.1%} | {s['sdr_4mm']:.1%} | {per_case:.1f} |")
     return lines
 
@@ -218,6 +243,7 @@ def main(argv=None) -> int:
     coarse: dict = {run: defaultdict(dict) for run in results}
     groups: dict[str, list[str]] = {}  # group -> case stems, in datalist order
     cases: list[tuple[str, dict]] = []
+    selection_paths, selection = selection_images(bundle, datalist_path), set()  # the latter: their case stems
     with tempfile.TemporaryDirectory() as tmp:
         for group in dict.fromkeys(e["group"] for e in chosen):
             entries = [e for e in chosen if e["group"] == group]
@@ -227,6 +253,7 @@ def main(argv=None) -> int:
             if len(set(stems)) < len(stems):
                 raise LandmarkDataError(str(datalist_path), f"two cases of group {group} share an image file name")
             groups[group] = stems
+            selection |= {s for s, e in zip(stems, entries) if str(Path(e["image"]).resolve()) in selection_paths}
             cases += list(zip(stems, entries))
             for run, tta in (("model", False), ("model + mirror TTA", True)):
                 errors, coarse_errors, seconds = evaluate_model(bundle, group_datalist, tta, Path(tmp) / f"{group}_{tta}")
@@ -253,7 +280,7 @@ def main(argv=None) -> int:
     ]
     for group, stems in groups.items():
         lines += [f"## {group}", "", GROUP_NOTES.get(group, f"validation group `{group}`") + f" ({len(stems)} case(s)).", "",
-                  *group_table(results, stems), ""]
+                  *group_table(results, stems, selection), ""]
     if radius is not None and any(coarse.values()):
         lines += ["## Coarse stage", "",
                   f"The cascade's coarse positions against the truth: the fine network searches within {radius:g} mm of them",
