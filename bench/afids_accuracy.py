@@ -2,6 +2,7 @@
 
     python bench/afids_accuracy.py [--bundle_root .] [--datalist data/afids/datalist_v1.json] [--groups G ...]
                                    [--cases_per_group N] [--threads N] [--no_bspline] [--output docs/results_afids.md]
+                                   [--training_datalist D]
 
 Model: evaluate.json through the real CLI on each group's cases, without and with mirror TTA; ``--bundle_root``
 takes another trained bundle (e.g. the leave-one-anatomy-out model). Registration: SimpleITK registers the
@@ -12,7 +13,8 @@ template's fiducials along. Seconds per case: model = evaluator time per case (m
 position lies within the fine search radius (``fine_search_radius_mm``), from the same model runs. Groups are the
 datalist's ``group`` (docs/afids_dataset.md). Training validates on ``validation_cases`` of the validation cases
 (train.json) and keeps the checkpoint that scores best on them; each group table adds the model + TTA row over its
-other cases, which played no part in choosing the model.
+other cases, which played no part in choosing the model (``--training_datalist``: the datalist the bundle trained
+with when it is not ``--datalist``, e.g. data/afids/datalist_v1_loao.json for the leave-one-anatomy-out model).
 """
 
 from __future__ import annotations
@@ -227,6 +229,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default="docs/results_afids.md", help="the page to write, relative to the bundle root ('' to only print)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for the model and the registration (default: the libraries')")
     parser.add_argument("--no_bspline", action="store_true", help="skip the (slow) B-spline registration")
+    parser.add_argument("--training_datalist", default=None,
+                        help="the datalist the bundle was trained with, whose validation cases chose its checkpoint (default: --datalist)")
     args = parser.parse_args(argv)
     bundle = Path(args.bundle_root).resolve()
     datalist_path = Path(args.datalist).resolve()
@@ -243,7 +247,7 @@ def main(argv=None) -> int:
     coarse: dict = {run: defaultdict(dict) for run in results}
     groups: dict[str, list[str]] = {}  # group -> case stems, in datalist order
     cases: list[tuple[str, dict]] = []
-    selection_paths, selection = selection_images(bundle, datalist_path), set()  # the latter: their case stems
+    selection_paths, selection = selection_images(bundle, Path(args.training_datalist or datalist_path).resolve()), set()  # the latter: their case stems
     with tempfile.TemporaryDirectory() as tmp:
         for group in dict.fromkeys(e["group"] for e in chosen):
             entries = [e for e in chosen if e["group"] == group]
