@@ -40,7 +40,7 @@ def config_files(bundle: Path, stage: str) -> list[str]:
     return files
 
 
-def measure(bundle: Path, stage: str, precision: str, workers: int, warmup: int, steps: int) -> dict:
+def measure(bundle: Path, stage: str, precision: str, workers: int, warmup: int, steps: int, variant: str = "") -> dict:
     """One configuration in this process: per-step data wait and step seconds, peak RSS (VmHWM, KiB)."""
     import torch
     from monai.bundle import ConfigParser
@@ -51,7 +51,7 @@ def measure(bundle: Path, stage: str, precision: str, workers: int, warmup: int,
     parser = ConfigParser()
     parser.read_config(config_files(bundle, stage))
     parser.update({"bundle_root": str(bundle), "precision": precision, "num_workers": workers, "pretrained": None,
-                   "iterations_per_epoch": warmup + steps, "epochs": 1})
+                   "iterations_per_epoch": warmup + steps, "epochs": 1, **VARIANTS[variant][1]})
     network = parser.get_parsed_content("network")
     model = parser.get_parsed_content("train#trainer#network")
     loss_function = parser.get_parsed_content("loss")
@@ -80,20 +80,24 @@ def measure(bundle: Path, stage: str, precision: str, workers: int, warmup: int,
             "threads": torch.get_num_threads(), "peak_rss_kib": peak_kib()}
 
 
-# environment variants of a row (set before the process starts: OpenMP and oneDNN read them once)
+# variants of a row: environment (set before the process starts: OpenMP and oneDNN read it once) and config ids
 VARIANTS = {
-    "": {},
+    "": ({}, {}),
     # OpenMP threads sleep rather than spin while waiting: the DataLoader worker and other processes share the cores
-    "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "OMP_WAIT_POLICY=PASSIVE": ({"OMP_WAIT_POLICY": "PASSIVE"}, {}),
     # a CPU without native bfloat16 (AVX2 only), emulated by capping oneDNN and ATen: `auto` trains in float32 there
-    "capped at AVX2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+    "capped at AVX2": ({"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}, {}),
+    # CacheDataset's default: a deep copy of the whole cached case before every sample's random transforms
+    "cached case copied per sample": ({}, {"train#dataset#copy_cache": True}),
+    # MONAI's ThreadDataLoader: the next batch augmented in a background thread while the network runs
+    "prefetch thread": ({}, {"train#dataloader#_target_": "ThreadDataLoader"}),
 }
 
 
 def run_one(bundle: Path, stage: str, precision: str, workers: int, warmup: int, steps: int, variant: str = "") -> dict:
     result = subprocess.run([sys.executable, __file__, "--_one", stage, precision, str(workers), "--bundle_root", str(bundle),
-                             "--warmup", str(warmup), "--steps", str(steps)], capture_output=True, text=True, cwd=PROJECT,
-                            env={**os.environ, **VARIANTS[variant]})
+                             "--warmup", str(warmup), "--steps", str(steps), "--_variant", variant], capture_output=True,
+                            text=True, cwd=PROJECT, env={**os.environ, **VARIANTS[variant][0]})
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     if result.returncode != 0 or not lines:
         raise RuntimeError(f"{stage} {precision} {workers} worker(s) failed:\n{result.stderr[-3000:]}")
@@ -114,6 +118,7 @@ def table(bundle: Path, rounds: int, warmup: int, steps: int) -> str:
         configurations += [(stage, "float32", 1, ""), (stage, "float32", 0, ""), (stage, "auto", 0, ""), (stage, "auto", 1, "")]
         if stage == "fine":
             configurations += [(stage, "auto", 2, ""), (stage, "auto", 1, "OMP_WAIT_POLICY=PASSIVE"),
+                               (stage, "auto", 0, "cached case copied per sample"), (stage, "auto", 0, "prefetch thread"),
                                (stage, "auto", 0, "capped at AVX2")]
     runs: dict = {c: [] for c in configurations}
     started = time.perf_counter()
@@ -150,7 +155,10 @@ def table(bundle: Path, rounds: int, warmup: int, steps: int) -> str:
         "against the float32 row with 1 worker, the default before mixed precision. "
         "Data wait: the share of the step spent in `next()` on the loader (with 0 workers: the augmentation itself). "
         "Peak RSS: the process's high-water mark (workers not included). `OMP_WAIT_POLICY=PASSIVE`: that row's process "
-        "ran with OpenMP's threads sleeping instead of spinning while they wait; `capped at AVX2`: with "
+        "ran with OpenMP's threads sleeping instead of spinning while they wait; `cached case copied per sample`: "
+        "CacheDataset's default `copy_cache` (a deep copy of the whole cached case before each sample's random "
+        "transforms; the configs turn it off); `prefetch thread`: MONAI's ThreadDataLoader (the next batch augmented "
+        "in a background thread of the training process while the network runs); `capped at AVX2`: with "
         "`ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`, as on a CPU without native bfloat16 (`auto` picks float32 "
         "there; its `vs float32` is against this CPU's uncapped float32 row).",
         "",
@@ -197,11 +205,12 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--output", default=str(PROJECT / "docs" / "benchmarks.md"))
     parser.add_argument("--_one", nargs=3, metavar=("STAGE", "PRECISION", "WORKERS"), help=argparse.SUPPRESS)
+    parser.add_argument("--_variant", default="", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     bundle = Path(args.bundle_root).resolve()
     if args._one:
         stage, precision, workers = args._one
-        print("RESULT " + json.dumps(measure(bundle, stage, precision, int(workers), args.warmup, args.steps)), flush=True)
+        print("RESULT " + json.dumps(measure(bundle, stage, precision, int(workers), args.warmup, args.steps, args._variant)), flush=True)
         return 0
     block = table(bundle, args.rounds, args.warmup, args.steps)
     print(block)

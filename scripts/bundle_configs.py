@@ -359,8 +359,11 @@ def train_config(datalist: str, c: dict) -> dict:
             "cases": _cases("training"),
             "augmentation": augmentation(c),
             "preprocessing": {"_target_": "Compose", "transforms": "$@load_preprocessing + @train#augmentation"},
+            # the deterministic part cached once; copy_cache false: no deep copy of the whole cached volume per sample
+            # (a third of the data wait, docs/benchmarks.md), safe as RandLandmarkCropd, the first random transform,
+            # copies its patch out of the cache (tests/test_throughput.py checks the cache stays unchanged)
             "dataset": {"_target_": "CacheDataset", "data": "@train#cases", "transform": "@train#preprocessing",
-                        "cache_rate": 1.0, "num_workers": 1, "progress": False},
+                        "cache_rate": 1.0, "num_workers": 1, "progress": False, "copy_cache": False},
             "sampler": {"_target_": "torch.utils.data.RandomSampler", "data_source": "@train#dataset", "replacement": True,
                         "num_samples": "$@iterations_per_epoch * @batch_size"},
             "dataloader": {"_target_": "DataLoader", "dataset": "@train#dataset", "batch_size": "@batch_size",

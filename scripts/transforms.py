@@ -138,6 +138,9 @@ class RandLandmarkCropd(Randomizable, MapTransform):
     (AFIDs: 14 points around the brain stem) ride along in most patches while outlying landmarks
     (the occipital horns) appear in one patch of fifteen, and a sigmoid/MSE network then learns to
     answer 0 for them everywhere.
+
+    The patch is a copy (its own memory and metadata), never a view: the input may be a cached case that
+    later samples read again, and nothing after the crop may write into it.
     """
 
     def __init__(
@@ -186,7 +189,9 @@ class RandLandmarkCropd(Randomizable, MapTransform):
         start = center - self.roi_size // 2
         cropper = SpatialCrop(roi_start=start.tolist(), roi_end=(start + self.roi_size).tolist())
         for key in self.key_iterator(d):
-            d[key] = cropper(d[key])
+            # a crop is a view of its input, and the input is train.json's cached case itself (CacheDataset with
+            # copy_cache false skips the per-sample deep copy of the whole volume): the patch gets its own memory
+            d[key] = cropper(d[key]).clone()
         return d
 
 
