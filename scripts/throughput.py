@@ -5,8 +5,9 @@ The worker count is a property of the machine, not of the dataset, so it is deci
 plans.json or the configs: re-planning the same data on another machine writes the same files.
 
 Deterministic preprocessing (reading, reorientation, resampling, normalisation) is cached once by
-train.json's CacheDataset; a worker (or, below 4 cores, the training process) only runs the random part (crop, affine, elastic deformation,
-intensity augmentation, heatmap targets), about a tenth of a 2-core CPU training step (the v1 coarse run's log).
+train.json's CacheDataset (read in place, without a per-sample copy: ``copy_cache`` false); a worker (or, below 4
+cores, the training process) only runs the random part (crop, affine, elastic deformation, intensity augmentation,
+heatmap targets), about a tenth of a 2-core CPU training step (the v1 coarse run's log).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def training_workers(cores: int | None = None) -> int:
     cores: on a CPU the network step takes every core, and a worker process on the same 2 cores preempts
     the training threads, which then wait for each other. Measured here (2 cores, bfloat16, 10 steps):
     fine stage 0.407 s per step inline against 0.480 s with one worker, coarse 0.453 against 0.457
-    (bench/training_speed.py --_one; its table in docs/benchmarks.md gets these rows when next rerun). A GPU machine's step is short and its cores many, so it gets workers.
+    (bench/training_speed.py --_one; its table in docs/benchmarks.md gets these rows when next rerun). A GPU
+    machine's step is short and its cores many, so it gets workers.
     Logged, so a training log says what it ran with."""
     count = available_cores() if cores is None else int(cores)
     workers = max(0, min(MAX_WORKERS, count // 4))

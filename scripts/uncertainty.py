@@ -164,7 +164,6 @@ def configuration_flags(world: np.ndarray, statistics: Mapping | None, names: Se
     with np.errstate(all="ignore"):
         distances = distances / case_size_factor(np.where(reference > 0, distances / reference, np.nan))
         z = (distances - reference) / scale[pair]
-    with np.errstate(all="ignore"):
         score = np.nanmedian(np.abs(z), axis=1)
     return np.nan_to_num(score, nan=0.0) > CONFIGURATION_Z, score
 
