@@ -360,8 +360,8 @@ def train_config(datalist: str, c: dict) -> dict:
             "augmentation": augmentation(c),
             "preprocessing": {"_target_": "Compose", "transforms": "$@load_preprocessing + @train#augmentation"},
             # the deterministic part cached once; copy_cache false: no deep copy of the whole cached volume per sample
-            # (a third of the data wait, docs/benchmarks.md), safe as RandLandmarkCropd, the first random transform,
-            # copies its patch out of the cache (tests/test_throughput.py checks the cache stays unchanged)
+            # (a third of the data wait: bench/training_speed.py, row "cached case copied per sample"), safe as RandLandmarkCropd,
+            # the first random transform, copies its patch out of the cache (tests/test_throughput.py: the cache stays unchanged)
             "dataset": {"_target_": "CacheDataset", "data": "@train#cases", "transform": "@train#preprocessing",
                         "cache_rate": 1.0, "num_workers": 1, "progress": False, "copy_cache": False},
             "sampler": {"_target_": "torch.utils.data.RandomSampler", "data_source": "@train#dataset", "replacement": True,
