@@ -1,4 +1,4 @@
-"""Calibrate the trained model's error radii (split conformal) and its configuration check; writes models/calibration.json.
+"""Calibrate the trained model's error radii (split conformal, per class of peak score) and its configuration check; writes models/calibration.json.
 
     python -m scripts.calibrate [--bundle_root .] [--datalist D] [--section validation] [--groups G ...]
                                 [--check_groups G ...] [--cases_per_group N] [--calibration_cases N] [--coverage 0.9]
@@ -31,7 +31,7 @@ from scripts.data import cases_per_group, landmarks_to_array, load_datalist
 from scripts.landmark_names import plans_landmark_names
 from scripts.engines import found_threshold
 from scripts.uncertainty import (DEFAULT_COVERAGE, calibrate, configuration_flags, distance_statistics, found_flags, radii,
-                                 spread_mm)
+                                 radius_mm, spread_mm)
 
 MAX_RADIUS_FACTOR = 3.0  # found requires radius <= this x the median calibrated radius
 FAR_OFF_MM = 4.0  # a landmark this far from the truth should come back found: false
@@ -113,7 +113,7 @@ def group_report(predictions: dict, calibration: dict, names: list[str], thresho
     radius = np.full(errors.shape, np.nan)
     found = np.zeros(errors.shape, dtype=bool)
     for i in range(len(errors)):
-        radius[i] = radii(calibration, predictions["covariances"][i])
+        radius[i] = radii(calibration, predictions["covariances"][i], predictions["scores"][i])
         flagged, _ = configuration_flags(predictions["positions"][i], calibration.get("distances"), names)
         found[i] = found_flags(predictions["scores"][i], threshold, flagged, radius[i], calibration)
     result = {}
@@ -207,8 +207,8 @@ def main(argv=None) -> int:
         save_predictions(args.save_predictions, predictions)
     calibrating = concatenate(rows_of(predictions, range(k)), *added)
     holdout = rows_of(predictions, range(k, len(entries)))
-    calibration = calibrate(calibrating["errors"], calibrating["spreads"], names, args.coverage)
-    radius = calibration["normalized_quantile"] * calibrating["spreads"]
+    calibration = calibrate(calibrating["errors"], calibrating["spreads"], names, args.coverage, calibrating["scores"])
+    radius = radius_mm(calibration, calibrating["spreads"], calibrating["scores"])
     calibration["max_radius_mm"] = round(float(MAX_RADIUS_FACTOR * np.nanmedian(radius)), 3)
     existing_file = bundle_root / "models" / "calibration.json"
     existing = json.loads(existing_file.read_text()) if existing_file.exists() else {}
@@ -224,7 +224,10 @@ def main(argv=None) -> int:
         calibration["holdout_coverage"] = group_report(holdout, calibration, names, threshold)
     output = args.output or existing_file
     atomic_write_text(output, json.dumps(calibration, indent=2) + "\n")
-    print(f"calibrated on {len(calibrating['errors'])} case(s): radius = {calibration['normalized_quantile']:.3f} x heatmap spread for "
+    classes = calibration.get("score_classes")
+    factor = (" / ".join(f"{q:.3f}" for q in classes["normalized_quantiles"]) + " (peak-score classes split at "
+              + ", ".join(f"{e:.3f}" for e in classes["edges"]) + ")") if classes else f"{calibration['normalized_quantile']:.3f}"
+    print(f"calibrated on {len(calibrating['errors'])} case(s): radius = {factor} x heatmap spread for "
           f"{args.coverage:.0%} coverage; wrote {output}")
     print_report(calibration)
     return 0

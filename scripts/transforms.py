@@ -189,9 +189,7 @@ class RandLandmarkCropd(Randomizable, MapTransform):
         start = center - self.roi_size // 2
         cropper = SpatialCrop(roi_start=start.tolist(), roi_end=(start + self.roi_size).tolist())
         for key in self.key_iterator(d):
-            # a crop is a view of its input, and the input is train.json's cached case itself (CacheDataset with
-            # copy_cache false skips the per-sample deep copy of the whole volume): the patch gets its own memory
-            d[key] = cropper(d[key]).clone()
+            d[key] = cropper(d[key]).clone()  # its own memory, never a view of the cached case (docstring)
         return d
 
 
@@ -312,7 +310,7 @@ class ExtractLandmarksd(Transform):
         found = found_flags(scores, self.found_threshold)
         if self.sigma is not None:
             covariances = heatmap_covariances(heatmaps, voxels, self.sigma, heatmap_affine)[order]
-            radius = radii(self.calibration, covariances)
+            radius = radii(self.calibration, covariances, scores)
             flagged, _ = configuration_flags(world, self.calibration.get("distances"), self.landmark_names or range(len(world)))
             d["pred_covariance_mm2"], d["pred_radius_mm"], d["pred_flagged"] = covariances, radius, flagged
             d["pred_coverage"] = self.calibration.get("coverage")

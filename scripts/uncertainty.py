@@ -7,8 +7,13 @@
 - Calibration (split conformal prediction): on cases the model was not trained on, the normalised score
   e / s (e = radial error, s = sqrt(trace(C) / 3) the spread's RMS axis in mm) gives one quantile q at the
   conformal level ceil((n + 1) coverage) / n, and every landmark's radius is r = q * s: confident (sharp)
-  landmarks get tighter radii. Per-landmark plain quantiles need >= 1 / (1 - coverage) - 1 cases each, so
-  they are stored only when there are that many.
+  landmarks get tighter radii. With enough calibration scores (``MIN_PER_SCORE_CLASS`` per class) the quantile
+  is taken per class of peak score (Mondrian conformal prediction: Vovk, Gammerman and Shafer, Algorithmic
+  Learning in a Random World, 2005, ch. 4; coverage holds within each class): ``SCORE_CLASSES`` equal-count
+  classes of the calibration peak scores, each its own q, so a landmark found with a weak peak, as on a brain
+  or contrast unlike the training data, gets the wider radius that weak peaks needed in calibration.
+  Per-landmark plain quantiles need >= 1 / (1 - coverage) - 1 cases each, so they are stored only when there
+  are that many.
 - Configuration check: each landmark's distances to the others against the training annotations
   (median and MAD per pair, the MAD floored at 10% of the distance or 2 mm, since one training subject has no
   spread): a landmark whose median |robust z| over its partners exceeds ``CONFIGURATION_Z`` jumped to the
@@ -39,6 +44,8 @@ CONFIGURATION_Z = 3.0
 MAD_FLOOR_FRACTION = 0.1
 MAD_FLOOR_MM = 2.0
 DEFAULT_COVERAGE = 0.9
+SCORE_CLASSES = 4
+MIN_PER_SCORE_CLASS = 100
 
 
 def heatmap_covariances(heatmaps, peaks: np.ndarray, sigma, affine: np.ndarray) -> np.ndarray:
@@ -80,18 +87,23 @@ def conformal_quantile(scores: Sequence[float], coverage: float) -> float:
     return float(values[rank - 1]) if 0 < rank <= n else math.inf
 
 
-def calibrate(errors: np.ndarray, spreads: np.ndarray, names: Sequence[str], coverage: float = DEFAULT_COVERAGE) -> dict:
-    """Calibration from (cases, landmarks) errors and spreads in mm (NaN = not annotated)."""
+def calibrate(errors: np.ndarray, spreads: np.ndarray, names: Sequence[str], coverage: float = DEFAULT_COVERAGE,
+              scores: np.ndarray | None = None) -> dict:
+    """Calibration from (cases, landmarks) errors and spreads in mm (NaN = not annotated) and, optionally, the peak
+    scores (cases, landmarks) in [0, 1]: with at least ``MIN_PER_SCORE_CLASS`` usable scores per class, the
+    quantile per class of peak score too (``score_classes``: the inner class edges, each class's quantile and size;
+    see ``radius_mm``)."""
     errors, spreads = np.asarray(errors, dtype=np.float64), np.asarray(spreads, dtype=np.float64)
     usable = np.isfinite(errors) & np.isfinite(spreads) & (spreads > 0)
-    q = conformal_quantile(errors[usable] / spreads[usable], coverage)
+    ratios = errors[usable] / spreads[usable]
+    q = conformal_quantile(ratios, coverage)
     per_landmark = {}
     minimum_cases = int(math.ceil(1.0 / (1.0 - coverage))) - 1
     for j, name in enumerate(names):
         column = errors[:, j][np.isfinite(errors[:, j])]
         if len(column) >= minimum_cases:
             per_landmark[name] = round(conformal_quantile(column, coverage), 3)
-    return {
+    result = {
         "coverage": coverage,
         "method": "split conformal, normalised by the heatmap spread: radius = q * sqrt(trace(cov) / 3)",
         "normalized_quantile": round(q, 4),
@@ -100,13 +112,50 @@ def calibrate(errors: np.ndarray, spreads: np.ndarray, names: Sequence[str], cov
         "n_cases": int(errors.shape[0]),
         "n_scores": int(usable.sum()),
     }
+    if scores is not None:
+        peak = np.asarray(scores, dtype=np.float64)[usable]
+        n_classes = min(SCORE_CLASSES, int(np.isfinite(peak).sum()) // MIN_PER_SCORE_CLASS)
+        edges = np.quantile(peak[np.isfinite(peak)], np.arange(1, n_classes) / n_classes) if n_classes >= 2 else []
+        classes = score_class(edges, peak)
+        sizes = np.bincount(classes, minlength=n_classes)
+        if n_classes >= 2 and sizes.min() >= MIN_PER_SCORE_CLASS // 2:  # tied scores can leave a class (nearly) empty
+            result["method"] = ("split conformal, normalised by the heatmap spread, per class of peak score (Mondrian): "
+                                "radius = q(score class) * sqrt(trace(cov) / 3)")
+            result["score_classes"] = {
+                "edges": [round(float(e), 4) for e in edges],
+                "normalized_quantiles": [round(conformal_quantile(ratios[classes == k], coverage), 4) for k in range(n_classes)],
+                "n_scores": sizes.tolist(),
+            }
+    return result
 
 
-def radii(calibration: Mapping | None, covariances: np.ndarray) -> np.ndarray:
-    """Calibrated radius per landmark (mm), NaN without a calibration."""
+def score_class(edges: Sequence[float], scores) -> np.ndarray:
+    """Class index per peak score: 0 below ``edges[0]``, k for edges[k-1] <= score < edges[k]; a missing (NaN) score
+    falls in class 0, the weakest peaks' (the widest radius)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    rounded = np.round(np.asarray(edges, dtype=np.float64), 4)  # the edges as stored, so calibration and inference agree
+    return np.where(np.isfinite(scores), np.searchsorted(rounded, np.nan_to_num(scores), side="right"), 0)
+
+
+def radius_mm(calibration: Mapping | None, spreads, scores=None) -> np.ndarray:
+    """Calibrated radius (mm) for heatmap spreads (mm, any shape): q x spread, with q of the landmark's peak-score
+    class when the calibration has ``score_classes`` and ``scores`` (same shape) are given, else the pooled q;
+    NaN without a calibration."""
+    spreads = np.asarray(spreads, dtype=np.float64)
     if not calibration or not np.isfinite(calibration.get("normalized_quantile", np.nan)):
-        return np.full(len(covariances), np.nan)
-    return float(calibration["normalized_quantile"]) * spread_mm(covariances)
+        return np.full(spreads.shape, np.nan)
+    classes = calibration.get("score_classes")
+    if classes and scores is not None:
+        q = np.asarray(classes["normalized_quantiles"], dtype=np.float64)[score_class(classes["edges"], scores)]
+    else:
+        q = float(calibration["normalized_quantile"])
+    return q * spreads
+
+
+def radii(calibration: Mapping | None, covariances: np.ndarray, scores=None) -> np.ndarray:
+    """Calibrated radius per landmark (mm) from (N, 3, 3) world covariances (mm^2) and, optionally, the (N,) peak
+    scores (``radius_mm``); NaN without a calibration."""
+    return radius_mm(calibration, spread_mm(covariances), scores)
 
 
 def found_flags(scores, threshold: float, flagged=None, radius=None, calibration: Mapping | None = None) -> np.ndarray:

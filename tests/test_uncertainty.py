@@ -10,7 +10,7 @@ from scripts.heatmaps import render_heatmaps
 from scripts.outputs import InferenceSummary
 from scripts.transforms import ExtractLandmarksd
 from scripts.uncertainty import (calibrate, configuration_flags, conformal_quantile, distance_statistics, heatmap_covariances, radii,
-                                 spread_mm)
+                                 radius_mm, score_class, spread_mm)
 
 NAMES = ["A", "B", "C", "D"]
 LAYOUT = np.array([[0.0, 0.0, 0.0], [40.0, 0.0, 0.0], [0.0, 40.0, 0.0], [0.0, 0.0, 40.0]])
@@ -55,6 +55,39 @@ def test_calibrated_radius_reaches_the_nominal_coverage_on_fresh_cases():
     assert few["per_landmark_radius_mm"] == {} and np.isfinite(few["normalized_quantile"])  # 25 pooled scores suffice
 
 
+def test_score_classes_and_their_radii_by_hand():
+    assert score_class([0.5, 0.7], [0.1, 0.5, 0.6, 0.7, 0.9, np.nan]).tolist() == [0, 1, 1, 2, 2, 0]  # NaN: the weakest class
+    calibration = {"normalized_quantile": 1.0, "score_classes": {"edges": [0.5], "normalized_quantiles": [2.0, 0.5]}}
+    spreads = np.array([2.0, 2.0, 2.0])
+    np.testing.assert_allclose(radius_mm(calibration, spreads, [0.2, 0.8, np.nan]), [4.0, 1.0, 4.0])
+    np.testing.assert_allclose(radius_mm(calibration, spreads), [2.0, 2.0, 2.0])  # no scores: the pooled quantile
+    assert np.isnan(radius_mm(None, spreads)).all()
+
+
+def test_weak_peaks_get_wider_radii_and_every_score_class_its_coverage():
+    """Errors twice as large (relative to the spread) for peaks below 0.5 as above: one pooled quantile would
+    under-cover the weak peaks and over-cover the strong ones; per score class (Mondrian) each gets its 90%."""
+    rng = np.random.default_rng(3)
+    scores = rng.uniform(0.2, 0.9, size=(1600, 5))
+    spreads = rng.uniform(1.5, 3.5, size=(1600, 5))
+    errors = spreads * np.where(scores < 0.5, 1.0, 0.5) * np.linalg.norm(rng.normal(size=(1600, 5, 3)), axis=-1)
+    names = [f"L{i}" for i in range(5)]
+    calibration = calibrate(errors[:800], spreads[:800], names, 0.9, scores[:800])
+    classes = calibration["score_classes"]
+    assert len(classes["edges"]) == 3 and classes["n_scores"] == [1000] * 4  # quartiles of 4000 scores
+    assert classes["edges"] == pytest.approx([0.375, 0.55, 0.725], abs=0.02)  # uniform on [0.2, 0.9]
+    q = classes["normalized_quantiles"]
+    assert q[0] > 1.8 * q[3] and q[2] == pytest.approx(q[3], rel=0.1)  # the lowest quartile lies below 0.5, the top two above
+    radius = radius_mm(calibration, spreads[800:], scores[800:])
+    for weak in (True, False):
+        rows = (scores[800:] < 0.5) == weak
+        assert 0.87 <= np.mean(errors[800:][rows] <= radius[rows]) <= 0.93, weak
+    pooled = calibration["normalized_quantile"] * spreads[800:]
+    assert np.mean(errors[800:][scores[800:] < 0.5] <= pooled[scores[800:] < 0.5]) < 0.85  # what the classes fix
+    assert "score_classes" not in calibrate(errors[:30], spreads[:30], names, 0.9, scores[:30])  # 150 scores: one class
+    assert "score_classes" not in calibrate(errors[:800], spreads[:800], names, 0.9, np.full((800, 5), 0.5))  # all tied
+
+
 def test_configuration_check_flags_only_the_landmark_that_jumped():
     rng = np.random.default_rng(1)
     training = [{n: (LAYOUT[i] * rng.uniform(0.95, 1.05) + rng.normal(0, 0.5, 3)).tolist() for i, n in enumerate(NAMES)} for _ in range(8)]
@@ -92,7 +125,7 @@ def test_head_size_is_divided_out_but_a_jump_in_a_larger_head_is_not():
     assert configuration_flags(larger, statistics, NAMES)[0].tolist() == [False, False, True, False]
 
 
-def prediction_case(tmp_path, displaced: bool):
+def prediction_case(tmp_path, displaced: bool, score_classes: dict | None = None):
     image = MetaTensor(torch.rand(1, 48, 48, 48), affine=torch.eye(4), meta={"filename_or_obj": str(tmp_path / "scan.nii.gz")})
     centres = LAYOUT / 2 + 4
     if displaced:
@@ -100,6 +133,8 @@ def prediction_case(tmp_path, displaced: bool):
     heatmaps = torch.from_numpy(render_heatmaps(centres, (48, 48, 48), 2.0))
     training = [{n: (LAYOUT[i] / 2 + 4).tolist() for i, n in enumerate(NAMES)}]
     calibration = {"normalized_quantile": 2.0, "coverage": 0.9, "max_radius_mm": 100.0, "distances": distance_statistics(training, NAMES)}
+    if score_classes:
+        calibration["score_classes"] = score_classes
     extract = ExtractLandmarksd(sigma=2.0, calibration=calibration, landmark_names=NAMES, found_threshold=0.25)
     return extract({"image": image, "pred": heatmaps, "stem": "scan"})
 
@@ -111,6 +146,9 @@ def test_extraction_reports_radius_covariance_and_configuration_flags(tmp_path):
     bad = prediction_case(tmp_path, displaced=True)
     assert bad["pred_flagged"].tolist() == [False, False, True, False]
     assert bad["pred_found"].tolist() == [True, True, False, True], "a confident peak in the wrong place is not 'found'"
+    weak = prediction_case(tmp_path, displaced=False, score_classes={"edges": [0.5, 1.01], "normalized_quantiles": [9.0, 3.0, 1.0]})
+    np.testing.assert_allclose(weak["pred_scores"], 1.0, atol=1e-3)  # peaks of 1 at voxel centres: the middle class
+    np.testing.assert_allclose(weak["pred_radius_mm"], 3.0 * spread_mm(weak["pred_covariance_mm2"]))
 
 
 def test_qa_figure_and_page_show_flagged_landmarks(tmp_path):
