@@ -35,7 +35,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))
 
 from bench.machine import evaluator_seconds, machine_description  # noqa: E402
 from bench.registration import carry_landmarks, register_affine, register_bspline  # noqa: E402
@@ -111,11 +112,14 @@ def write_case_datalist(path: Path, names: list[str], entries: list[dict]) -> No
 
 def evaluate_model(bundle: Path, datalist: Path, tta: bool, output: Path) -> tuple[dict, dict, float]:
     """({case: {landmark: error_mm}}, {case: {landmark: coarse-stage error_mm}}, seconds per case) of the datalist's
-    validation section, through evaluate.json (the real CLI); seconds = the evaluator's run time over the cases."""
+    validation section, through evaluate.json (the real CLI); seconds = the evaluator's run time over the cases.
+    The configs import ``scripts``: the bundle's own package when it has one (the working directory comes first on
+    the path), else this project's (a bundle root holding only configs and models, e.g. runs/afids_v1_loao)."""
+    python_path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH", ""), str(PROJECT)) if p)
     result = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", "['configs/train.json','configs/evaluate.json']",
          "--datalist", str(datalist), "--eval_section", "validation", "--output_dir", str(output), "--tta", str(tta)],
-        cwd=bundle, capture_output=True, text=True,
+        cwd=bundle, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": python_path},
     )
     if result.returncode != 0:
         raise RuntimeError(f"evaluate.json failed on {datalist}:\n{(result.stdout + result.stderr)[-3000:]}")
@@ -167,12 +171,11 @@ def group_table(results: dict, cases: list[str], selection: set[str] = frozenset
     ``results``: {method: ({case: {landmark: error_mm}}, {case: seconds})}."""
     lines = ["| method | cases | landmarks | MRE (mm) | median (mm) | SDR@2 mm | SDR@3 mm | SDR@4 mm | s / case |",
              "|---|---|---|---|---|---|---|---|---|"]
-    rows = list(results.items())
+    rows = [(method, result, cases) for method, result in results.items()]
     unseen = [c for c in cases if c not in selection]
     if "model + mirror TTA" in results and 0 < len(unseen) < len(cases):
-        rows.insert(2, (f"model + mirror TTA, not the {len(cases) - len(unseen)} checkpoint-selection case(s)", results["model + mirror TTA"]))
-    for method, (errors, seconds) in rows:
-        subset = unseen if method.startswith("model + mirror TTA, not") else cases
+        rows.insert(2, (f"model + mirror TTA, not the {len(cases) - len(unseen)} checkpoint-selection case(s)", results["model + mirror TTA"], unseen))
+    for method, (errors, seconds), subset in rows:
         values = [e for case in subset for e in errors.get(case, {}).values()]
         if not values:
             continue
