@@ -17,7 +17,7 @@ from scripts.plan import main as plan_main
 
 PROJECT = Path(__file__).resolve().parent.parent
 SCHEMA = PROJECT.parent / "shared" / "monai" / "meta_schema_20240725.json"
-NOT_PLANNED = ("version", "changelog", "eval_metrics", "intended_use", "monai_version", "pytorch_version", "numpy_version", "required_packages_version")
+NOT_PLANNED = ("version", "changelog", "eval_metrics", "intended_use", "copyright", "monai_version", "pytorch_version", "numpy_version", "required_packages_version")
 GENERATED = ("plans.json", "train.json", "train_coarse.json", "evaluate.json", "inference.json", "multi_gpu_train.json", "metadata.json",
              "logging.conf")
 
