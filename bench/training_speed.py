@@ -91,6 +91,8 @@ VARIANTS = {
     "cached case copied per sample": ({}, {"train#dataset#copy_cache": True}),
     # MONAI's ThreadDataLoader: the next batch augmented in a background thread while the network runs
     "prefetch thread": ({}, {"train#dataloader#_target_": "ThreadDataLoader"}),
+    # torch's fused Adam kernel (one pass over all parameters) instead of its per-tensor loop
+    "fused Adam": ({}, {"optimizer#fused": True}),
 }
 
 
@@ -119,6 +121,7 @@ def table(bundle: Path, rounds: int, warmup: int, steps: int) -> str:
         if stage == "fine":
             configurations += [(stage, "auto", 2, ""), (stage, "auto", 1, "OMP_WAIT_POLICY=PASSIVE"),
                                (stage, "auto", 0, "cached case copied per sample"), (stage, "auto", 0, "prefetch thread"),
+                               (stage, "auto", 0, "fused Adam"),
                                (stage, "auto", 0, "capped at AVX2")]
     runs: dict = {c: [] for c in configurations}
     started = time.perf_counter()
@@ -142,7 +145,7 @@ def table(bundle: Path, rounds: int, warmup: int, steps: int) -> str:
         START,
         "## Training speed (per step, as training runs it)",
         "",
-        f"Written by `python bench/speed.py --training{command}` ({minutes:.1f} min) on: {machine_description()}; "
+        f"Written by `{'python bench/training_speed.py' + command if command else 'python bench/speed.py --training'}` ({minutes:.1f} min) on: {machine_description()}; "
         f"`--precision auto` trains in {mixed} here. 1-minute load average {load:.1f} at the start, {load_end:.1f} at the end"
         + (f" (at the start, before the benchmark's own processes, above half the core count, {os.cpu_count()}: other processes "
            "shared the machine, and every figure is slower than on a quiet one)."
@@ -158,7 +161,8 @@ def table(bundle: Path, rounds: int, warmup: int, steps: int) -> str:
         "ran with OpenMP's threads sleeping instead of spinning while they wait; `cached case copied per sample`: "
         "CacheDataset's default `copy_cache` (a deep copy of the whole cached case before each sample's random "
         "transforms; the configs turn it off); `prefetch thread`: MONAI's ThreadDataLoader (the next batch augmented "
-        "in a background thread of the training process while the network runs); `capped at AVX2`: with "
+        "in a background thread of the training process while the network runs); `fused Adam`: torch's fused Adam "
+        "kernel (`optimizer#fused`) instead of its per-parameter loop; `capped at AVX2`: with "
         "`ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`, as on a CPU without native bfloat16 (`auto` picks float32 "
         "there; its `vs float32` is against this CPU's uncapped float32 row).",
         "",
