@@ -115,7 +115,7 @@ def evaluate_model(bundle: Path, datalist: Path, tta: bool, output: Path) -> tup
     validation section, through evaluate.json (the real CLI); seconds = the evaluator's run time over the cases.
     The configs import ``scripts``: the bundle's own package when it has one (the working directory comes first on
     the path), else this project's (a bundle root holding only configs and models, e.g. runs/afids_v1_loao)."""
-    python_path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH", ""), str(PROJECT)) if p)
+    python_path = os.pathsep.join(p for p in (str(PROJECT), os.environ.get("PYTHONPATH", "")) if p)
     result = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", "['configs/train.json','configs/evaluate.json']",
          "--datalist", str(datalist), "--eval_section", "validation", "--output_dir", str(output), "--tta", str(tta)],

@@ -2,7 +2,7 @@
 
     python -m scripts.calibrate [--bundle_root .] [--datalist D] [--section validation] [--groups G ...]
                                 [--check_groups G ...] [--cases_per_group N] [--calibration_cases N] [--coverage 0.9]
-                                [--output FILE] [--save_predictions FILE.npz] [--add_predictions FILE.npz ...]
+                                [--pooled] [--output FILE] [--save_predictions FILE.npz] [--add_predictions FILE.npz ...]
 
 Runs the bundle's own inference (inference.json: same preprocessing, models, ensemble, TTA) on the
 chosen annotated cases the model was not trained on: the ``--groups`` of the section (default: all), at most
@@ -164,6 +164,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cases_per_group", type=int, default=None, help="the first N annotated cases of each group (default: all)")
     parser.add_argument("--calibration_cases", type=int, default=None, help="calibrate on the first N selected, check the rest")
     parser.add_argument("--coverage", type=float, default=DEFAULT_COVERAGE)
+    parser.add_argument("--pooled", action="store_true",
+                        help="one quantile for every landmark, no peak-score classes (the method before v1; to compare)")
     parser.add_argument("--description", default="", help="what the calibration data is, stored with the calibration")
     parser.add_argument("--output", type=Path, default=None, help="where to write the calibration (default: BUNDLE/models/calibration.json)")
     parser.add_argument("--save_predictions", type=Path, default=None,
@@ -207,7 +209,7 @@ def main(argv=None) -> int:
         save_predictions(args.save_predictions, predictions)
     calibrating = concatenate(rows_of(predictions, range(k)), *added)
     holdout = rows_of(predictions, range(k, len(entries)))
-    calibration = calibrate(calibrating["errors"], calibrating["spreads"], names, args.coverage, calibrating["scores"])
+    calibration = calibrate(calibrating["errors"], calibrating["spreads"], names, args.coverage, None if args.pooled else calibrating["scores"])
     radius = radius_mm(calibration, calibrating["spreads"], calibrating["scores"])
     calibration["max_radius_mm"] = round(float(MAX_RADIUS_FACTOR * np.nanmedian(radius)), 3)
     existing_file = bundle_root / "models" / "calibration.json"

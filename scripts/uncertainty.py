@@ -90,9 +90,10 @@ def conformal_quantile(scores: Sequence[float], coverage: float) -> float:
 def calibrate(errors: np.ndarray, spreads: np.ndarray, names: Sequence[str], coverage: float = DEFAULT_COVERAGE,
               scores: np.ndarray | None = None) -> dict:
     """Calibration from (cases, landmarks) errors and spreads in mm (NaN = not annotated) and, optionally, the peak
-    scores (cases, landmarks) in [0, 1]: with at least ``MIN_PER_SCORE_CLASS`` usable scores per class, the
-    quantile per class of peak score too (``score_classes``: the inner class edges, each class's quantile and size;
-    see ``radius_mm``)."""
+    scores (cases, landmarks) in [0, 1]: with ``MIN_PER_SCORE_CLASS`` usable scores per class (up to
+    ``SCORE_CLASSES`` equal-count classes), the quantile per class of peak score too (``score_classes``: the inner
+    class edges, each class's quantile and size; see ``radius_mm``), unless ties leave a class under half that or
+    without a finite quantile."""
     errors, spreads = np.asarray(errors, dtype=np.float64), np.asarray(spreads, dtype=np.float64)
     usable = np.isfinite(errors) & np.isfinite(spreads) & (spreads > 0)
     ratios = errors[usable] / spreads[usable]
@@ -115,26 +116,29 @@ def calibrate(errors: np.ndarray, spreads: np.ndarray, names: Sequence[str], cov
     if scores is not None:
         peak = np.asarray(scores, dtype=np.float64)[usable]
         n_classes = min(SCORE_CLASSES, int(np.isfinite(peak).sum()) // MIN_PER_SCORE_CLASS)
-        edges = np.quantile(peak[np.isfinite(peak)], np.arange(1, n_classes) / n_classes) if n_classes >= 2 else []
+        # edges rounded once, to the 4 decimals outputs store scores with; score_class rounds scores the same way
+        edges = [round(float(e), 4) for e in np.quantile(peak[np.isfinite(peak)], np.arange(1, n_classes) / n_classes)] if n_classes >= 2 else []
         classes = score_class(edges, peak)
-        sizes = np.bincount(classes, minlength=n_classes)
-        if n_classes >= 2 and sizes.min() >= MIN_PER_SCORE_CLASS // 2:  # tied scores can leave a class (nearly) empty
+        sizes = np.bincount(classes, minlength=max(n_classes, 1))
+        quantiles = [conformal_quantile(ratios[classes == k], coverage) for k in range(n_classes)]
+        # tied scores can leave a class (nearly) empty; a class too small for the coverage has no finite quantile
+        if n_classes >= 2 and sizes.min() >= MIN_PER_SCORE_CLASS // 2 and np.all(np.isfinite(quantiles)):
             result["method"] = ("split conformal, normalised by the heatmap spread, per class of peak score (Mondrian): "
                                 "radius = q(score class) * sqrt(trace(cov) / 3)")
             result["score_classes"] = {
-                "edges": [round(float(e), 4) for e in edges],
-                "normalized_quantiles": [round(conformal_quantile(ratios[classes == k], coverage), 4) for k in range(n_classes)],
+                "edges": edges,
+                "normalized_quantiles": [round(q, 4) for q in quantiles],
                 "n_scores": sizes.tolist(),
             }
     return result
 
 
 def score_class(edges: Sequence[float], scores) -> np.ndarray:
-    """Class index per peak score: 0 below ``edges[0]``, k for edges[k-1] <= score < edges[k]; a missing (NaN) score
-    falls in class 0, the weakest peaks' (the widest radius)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    rounded = np.round(np.asarray(edges, dtype=np.float64), 4)  # the edges as stored, so calibration and inference agree
-    return np.where(np.isfinite(scores), np.searchsorted(rounded, np.nan_to_num(scores), side="right"), 0)
+    """Class index per peak score: 0 below ``edges[0]``, k for edges[k-1] <= score < edges[k], the score rounded to
+    the 4 decimals that outputs and saved predictions store (so inference classes a landmark as calibration did);
+    a missing (NaN) score falls in class 0, the weakest peaks' (the widest radius)."""
+    scores = np.round(np.asarray(scores, dtype=np.float64), 4)
+    return np.where(np.isfinite(scores), np.searchsorted(np.asarray(edges, dtype=np.float64), np.nan_to_num(scores), side="right"), 0)
 
 
 def radius_mm(calibration: Mapping | None, spreads, scores=None) -> np.ndarray:

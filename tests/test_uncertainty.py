@@ -1,5 +1,7 @@
 """Heatmap spread, split-conformal radii and coverage, the configuration check, and the QA outputs."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -64,6 +66,25 @@ def test_score_classes_and_their_radii_by_hand():
     assert np.isnan(radius_mm(None, spreads)).all()
 
 
+def test_score_class_quantiles_by_hand():
+    """200 scores: 100 weak peaks (0.100-0.199) with error / spread 1..100, 100 strong ones (0.800-0.899) with 0.1..10.
+    Two classes (200 // 100), split at the median score, (0.199 + 0.8) / 2; each class's 90% conformal quantile is its
+    ceil(101 x 0.9) = 91st smallest ratio; pooled, the ceil(201 x 0.9) = 181st of all 200: 110 ratios <= 10, then 71
+    more of the weak class's, 81."""
+    scores = np.r_[0.1 + np.arange(100) / 1000, 0.8 + np.arange(100) / 1000][:, None]
+    errors = np.r_[np.arange(1.0, 101.0), np.arange(1.0, 101.0) / 10][:, None]
+    spreads = np.ones_like(errors)
+    calibration = calibrate(errors, spreads, ["L"], 0.9, scores)
+    assert calibration["normalized_quantile"] == 81.0
+    assert calibration["score_classes"] == {"edges": [0.4995], "normalized_quantiles": [91.0, 9.1], "n_scores": [100, 100]}
+    json.dumps(calibration, allow_nan=False)  # plain JSON numbers, no Infinity
+    np.testing.assert_allclose(radius_mm(calibration, [2.0, 2.0], [0.4994, 0.4995]), [182.0, 18.2])  # the edge opens the upper class
+    few = calibrate(errors[:199], spreads[:199], ["L"], 0.9, scores[:199])  # 199 scores: one class, the pooled quantile only
+    assert "score_classes" not in few and np.isfinite(few["normalized_quantile"])
+    strict = calibrate(errors, spreads, ["L"], 0.995, scores)  # 100 per class cannot give 99.5%: no infinite class radius
+    assert "score_classes" not in strict
+
+
 def test_weak_peaks_get_wider_radii_and_every_score_class_its_coverage():
     """Errors twice as large (relative to the spread) for peaks below 0.5 as above: one pooled quantile would
     under-cover the weak peaks and over-cover the strong ones; per score class (Mondrian) each gets its 90%."""
@@ -74,14 +95,16 @@ def test_weak_peaks_get_wider_radii_and_every_score_class_its_coverage():
     names = [f"L{i}" for i in range(5)]
     calibration = calibrate(errors[:800], spreads[:800], names, 0.9, scores[:800])
     classes = calibration["score_classes"]
-    assert len(classes["edges"]) == 3 and classes["n_scores"] == [1000] * 4  # quartiles of 4000 scores
+    assert len(classes["edges"]) == 3 and sum(classes["n_scores"]) == 4000  # quartiles of 4000 scores (edges to 4 decimals)
+    assert all(abs(n - 1000) <= 2 for n in classes["n_scores"]), classes["n_scores"]
     assert classes["edges"] == pytest.approx([0.375, 0.55, 0.725], abs=0.02)  # uniform on [0.2, 0.9]
     q = classes["normalized_quantiles"]
     assert q[0] > 1.8 * q[3] and q[2] == pytest.approx(q[3], rel=0.1)  # the lowest quartile lies below 0.5, the top two above
     radius = radius_mm(calibration, spreads[800:], scores[800:])
-    for weak in (True, False):
-        rows = (scores[800:] < 0.5) == weak
-        assert 0.87 <= np.mean(errors[800:][rows] <= radius[rows]) <= 0.93, weak
+    held_out_classes = score_class(classes["edges"], scores[800:])
+    for k in range(4):  # ~1000 fresh scores per class
+        rows = held_out_classes == k
+        assert 0.87 <= np.mean(errors[800:][rows] <= radius[rows]) <= 0.93, k
     pooled = calibration["normalized_quantile"] * spreads[800:]
     assert np.mean(errors[800:][scores[800:] < 0.5] <= pooled[scores[800:] < 0.5]) < 0.85  # what the classes fix
     assert "score_classes" not in calibrate(errors[:30], spreads[:30], names, 0.9, scores[:30])  # 150 scores: one class
