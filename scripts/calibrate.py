@@ -30,8 +30,8 @@ from scripts.atomic import atomic_write_text
 from scripts.data import cases_per_group, landmarks_to_array, load_datalist
 from scripts.landmark_names import plans_landmark_names
 from scripts.engines import found_threshold
-from scripts.uncertainty import (DEFAULT_COVERAGE, calibrate, configuration_flags, distance_statistics, found_flags, radii,
-                                 radius_mm, spread_mm)
+from scripts.uncertainty import (DEFAULT_COVERAGE, calibrate, configuration_flags, distance_statistics, found_flags, radius_mm,
+                                 spread_mm)
 
 MAX_RADIUS_FACTOR = 3.0  # found requires radius <= this x the median calibrated radius
 FAR_OFF_MM = 4.0  # a landmark this far from the truth should come back found: false
@@ -110,10 +110,9 @@ def group_report(predictions: dict, calibration: dict, names: list[str], thresho
     many inference marks found: false / still found: true); found_false (every annotated landmark marked found: false,
     so over_4mm_found_false / found_false is the share of found: false that really is more than 4 mm off)."""
     errors = predictions["errors"]
-    radius = np.full(errors.shape, np.nan)
+    radius = radius_mm(calibration, predictions["spreads"], predictions["scores"])  # spreads: spread_mm of the covariances
     found = np.zeros(errors.shape, dtype=bool)
     for i in range(len(errors)):
-        radius[i] = radii(calibration, predictions["covariances"][i], predictions["scores"][i])
         flagged, _ = configuration_flags(predictions["positions"][i], calibration.get("distances"), names)
         found[i] = found_flags(predictions["scores"][i], threshold, flagged, radius[i], calibration)
     result = {}

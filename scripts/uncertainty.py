@@ -113,24 +113,29 @@ def calibrate(errors: np.ndarray, spreads: np.ndarray, names: Sequence[str], cov
         "n_cases": int(errors.shape[0]),
         "n_scores": int(usable.sum()),
     }
-    if scores is not None:
-        peak = np.asarray(scores, dtype=np.float64)[usable]
-        n_classes = min(SCORE_CLASSES, int(np.isfinite(peak).sum()) // MIN_PER_SCORE_CLASS)
-        # edges rounded once, to the 4 decimals outputs store scores with; score_class rounds scores the same way
-        edges = [round(float(e), 4) for e in np.quantile(peak[np.isfinite(peak)], np.arange(1, n_classes) / n_classes)] if n_classes >= 2 else []
-        classes = score_class(edges, peak)
-        sizes = np.bincount(classes, minlength=max(n_classes, 1))
-        quantiles = [conformal_quantile(ratios[classes == k], coverage) for k in range(n_classes)]
-        # tied scores can leave a class (nearly) empty; a class too small for the coverage has no finite quantile
-        if n_classes >= 2 and sizes.min() >= MIN_PER_SCORE_CLASS // 2 and np.all(np.isfinite(quantiles)):
-            result["method"] = ("split conformal, normalised by the heatmap spread, per class of peak score (Mondrian): "
-                                "radius = q(score class) * sqrt(trace(cov) / 3)")
-            result["score_classes"] = {
-                "edges": edges,
-                "normalized_quantiles": [round(q, 4) for q in quantiles],
-                "n_scores": sizes.tolist(),
-            }
+    classes = score_classes(ratios, np.asarray(scores, dtype=np.float64)[usable], coverage) if scores is not None else None
+    if classes:
+        result["method"] = ("split conformal, normalised by the heatmap spread, per class of peak score (Mondrian): "
+                            "radius = q(score class) * sqrt(trace(cov) / 3)")
+        result["score_classes"] = classes
     return result
+
+
+def score_classes(ratios: np.ndarray, peak: np.ndarray, coverage: float) -> dict | None:
+    """Up to ``SCORE_CLASSES`` equal-count classes of the peak scores ``peak`` (n,), ``MIN_PER_SCORE_CLASS`` scores
+    each, with each class's conformal quantile of ``ratios`` (n,): {"edges", "normalized_quantiles", "n_scores"};
+    None with too few scores, or when ties leave a class under half that or without a finite quantile."""
+    n_classes = min(SCORE_CLASSES, int(np.isfinite(peak).sum()) // MIN_PER_SCORE_CLASS)
+    if n_classes < 2:
+        return None
+    # edges rounded once, to the 4 decimals outputs store scores with; score_class rounds scores the same way
+    edges = [round(float(e), 4) for e in np.quantile(peak[np.isfinite(peak)], np.arange(1, n_classes) / n_classes)]
+    classes = score_class(edges, peak)
+    sizes = np.bincount(classes, minlength=n_classes)
+    quantiles = [conformal_quantile(ratios[classes == k], coverage) for k in range(n_classes)]
+    if sizes.min() < MIN_PER_SCORE_CLASS // 2 or not np.all(np.isfinite(quantiles)):
+        return None
+    return {"edges": edges, "normalized_quantiles": [round(q, 4) for q in quantiles], "n_scores": sizes.tolist()}
 
 
 def score_class(edges: Sequence[float], scores) -> np.ndarray:
