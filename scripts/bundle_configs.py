@@ -599,5 +599,8 @@ def multi_gpu_train_config() -> dict:
             "$os.makedirs(@ckpt_dir, exist_ok=True)",
         ],
         "run": ["$@train#trainer.run()"],
-        "finalize": ["$dist.is_initialized() and dist.destroy_process_group()"],
+        # every rank waits for the others (rank 0 still saves the last checkpoint, the sidecar and the curves) and
+        # then all tear the process group down together: a rank that shut gloo down and exited alone while its peer
+        # was still connected once died in C++ teardown (SIGABRT, "terminate called without an active exception")
+        "finalize": ["$dist.is_initialized() and dist.barrier()", "$dist.is_initialized() and dist.destroy_process_group()"],
     }
