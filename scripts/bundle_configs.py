@@ -593,14 +593,14 @@ def multi_gpu_train_config() -> dict:
         "initialize": [
             HOOK,
             "$import torch.distributed as dist",
-            "$dist.is_initialized() or dist.init_process_group(backend='nccl' if torch.cuda.is_available() else 'gloo')",
+            "$import scripts.distributed",
+            "$scripts.distributed.init_process_group()",
             "$torch.cuda.set_device(@device) if @device.type == 'cuda' else None",
             "$monai.utils.set_determinism(seed=max(@fold, 0) + 1000 * dist.get_rank())",
             "$os.makedirs(@ckpt_dir, exist_ok=True)",
         ],
         "run": ["$@train#trainer.run()"],
-        # every rank waits for the others (rank 0 still saves the last checkpoint, the sidecar and the curves) and
-        # then all tear the process group down together: a rank that shut gloo down and exited alone while its peer
-        # was still connected once died in C++ teardown (SIGABRT, "terminate called without an active exception")
-        "finalize": ["$dist.is_initialized() and dist.barrier()", "$dist.is_initialized() and dist.destroy_process_group()"],
+        # not the bare dist calls of model-zoo bundles: with DDP on gloo they leave the group's threads running into
+        # the interpreter's exit, where a rank sometimes died (SIGABRT); scripts/distributed.py says why and what it measured
+        "finalize": ["$scripts.distributed.destroy_process_group(network=@training_network)"],
     }

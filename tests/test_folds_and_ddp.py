@@ -29,6 +29,12 @@ def run(args, cwd, timeout=900):
     return result.stdout + result.stderr
 
 
+def torchrun_launcher() -> list[str]:
+    """This interpreter's torchrun (or its module form where the script is not beside it)."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    return [str(torchrun)] if torchrun.exists() else [sys.executable, "-m", "torch.distributed.run"]
+
+
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory):
     root = tmp_path_factory.mktemp("folds")
@@ -111,8 +117,7 @@ def test_ensemble_inference_averages_the_fold_heatmaps(two_folds):
 def test_torchrun_ddp_training_on_cpu_with_gloo(planned, tmp_path):
     bundle = tmp_path / "ddp_bundle"
     shutil.copytree(planned["bundle"], bundle, ignore=shutil.ignore_patterns("models"))
-    torchrun = Path(sys.executable).with_name("torchrun")
-    launcher = [str(torchrun)] if torchrun.exists() else [sys.executable, "-m", "torch.distributed.run"]
+    launcher = torchrun_launcher()
     log = run([*launcher, "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run", "--config_file",
                "['configs/train.json','configs/multi_gpu_train.json']", "--bundle_root", bundle,
                "--epochs", "8", "--iterations_per_epoch", "8", "--val_interval", "4", "--learning_rate", "0.003"], cwd=bundle)
@@ -148,11 +153,43 @@ def test_torchrun_with_a_training_only_datalist_validates_one_case_on_two_ranks(
     full = json.loads(Path(planned["datalist"]).read_text())
     training_only = Path(planned["datalist"]).with_name("training_only.json")
     training_only.write_text(json.dumps({k: v for k, v in full.items() if k not in ("validation", "testing")}))
-    torchrun = Path(sys.executable).with_name("torchrun")
-    launcher = [str(torchrun)] if torchrun.exists() else [sys.executable, "-m", "torch.distributed.run"]
+    launcher = torchrun_launcher()
     log = run([*launcher, "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run", "--config_file",
                "['configs/train.json','configs/multi_gpu_train.json']", "--bundle_root", bundle, "--datalist", training_only,
                "--epochs", "1", "--iterations_per_epoch", "2", "--val_interval", "1"], cwd=bundle)
     assert log.count("no validation cases: validating on fold 0 of the planned split (1 case(s)), training on its other 3") == 1
     assert len(re.findall(r"Metrics -- .*val_mre: [0-9.]+", log)) == 1
     assert (bundle / "models" / "model.pt").exists()
+
+
+RANK_SCRIPT = """
+import os, sys
+import torch
+sys.path.insert(0, {project!r})
+from scripts.distributed import destroy_process_group, init_process_group
+
+def threads():
+    return sorted(open(f"/proc/self/task/{{t}}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+
+init_process_group()
+network = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 4))
+network(torch.randn(2, 4)).sum().backward()
+during = threads()
+destroy_process_group(network=network)
+print(f"rank {{os.environ['RANK']}} during {{during}} after {{threads()}}", flush=True)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread names are read from Linux's /proc")
+def test_process_group_teardown_joins_the_gloo_threads(tmp_path):
+    # with the bare dist calls, DDP leaves the group and its gloo threads alive into the interpreter's exit, where a
+    # rank sometimes died (SIGABRT) after training had finished (scripts/distributed.py); ours must leave none
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT.format(project=str(PROJECT)))
+    launcher = torchrun_launcher()
+    log = run([*launcher, "--standalone", "--nproc_per_node=2", script], cwd=tmp_path, timeout=120)
+    lines = re.findall(r"rank (\d) during (\[.*?\]) after (\[.*?\])", log)
+    assert sorted(rank for rank, _, _ in lines) == ["0", "1"], log[-2000:]
+    for _, during, after in lines:
+        assert "gloo" in during, "the probe sees gloo's threads while the group exists"
+        assert "gloo" not in after, f"gloo threads left after the teardown: {after}"
