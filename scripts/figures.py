@@ -1,7 +1,9 @@
 """``<stem>_landmarks.png``: three orthogonal slices through each predicted landmark, the point drawn.
 
 Drawn from the preprocessed image (RAS-oriented, at the planned spacing), where the predicted
-voxel positions live, so no resampling is needed. Landmarks reported as not found are drawn in red.
+voxel positions live, so no resampling is needed: the subject's right is on the right of the axial and
+coronal slices (neurological convention, noted on the figure), anterior on the right of the sagittal ones,
+anterior / superior up. Landmarks reported as not found are drawn in red.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ def _ellipse(ax, centre, covariance_2d: np.ndarray, scale: float, colour: str) -
 PLANES = ((0, 1), (0, 2), (1, 2))  # voxel axes shown by the axial, coronal and sagittal slices
 TILE_PIXELS = 120  # a slice is subsampled to at most this many pixels a side
 GAP, LABEL_BAND, TITLE_BAND, DPI = 3, 14, 22, 70
+# the slices are drawn in the RAS grid as they are: subject's right on screen right (neurological convention; Slicer's
+# default views show it on the left), so the figure says so
+ORIENTATION_NOTE = "axial, coronal, sagittal: subject's R on the right (sagittal: A on the right); A / S up"
 
 
 def landmark_figure(volume: np.ndarray, voxels: np.ndarray, names: Sequence[str], scores: Sequence[float], found: Sequence[bool],
@@ -107,6 +112,7 @@ def landmark_figure(volume: np.ndarray, voxels: np.ndarray, names: Sequence[str]
         ax.text(GAP + 3 * (n % columns) * cell_w, row_top + LABEL_BAND - 3, label, fontsize=8, va="bottom", ha="left",
                 color="darkorange" if warn else ("black" if found[n] else "red"))
     ax.text(width / 2, TITLE_BAND - 5, title, fontsize=10, ha="center", va="bottom")
+    ax.text(width - GAP, TITLE_BAND - 5, ORIENTATION_NOTE, fontsize=7, ha="right", va="bottom", color="dimgray")
     ax.set_xlim(-0.5, width - 0.5)
     ax.set_ylim(height - 0.5, -0.5)
     from io import BytesIO

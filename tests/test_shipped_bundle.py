@@ -92,7 +92,9 @@ def test_shipped_model_finds_the_sample_landmarks_and_nothing_in_non_brains(tmp_
     truth = read_landmarks(sample / "sample_T1w.json")
     errors = np.array([np.linalg.norm(np.asarray(predicted[n]["position"]) - p) for n, p in truth.items()])
     found = np.array([predicted[n]["found"] for n in truth])
-    assert found.sum() >= 16 and np.median(errors[found]) < 2.0, (found.sum(), np.round(errors, 1))
+    # the shipped v1 weights without TTA: all 32 found, MRE 0.79 mm (bfloat16) / 0.81 mm (float32), largest error
+    # 1.6 mm on this machine; the bar leaves room for other CPUs' kernels, not for a weaker model
+    assert found.all() and errors.mean() < 1.2 and errors.max() < 3.0, (found.sum(), np.round(errors, 1))
     for stem in ("noise", "empty"):
         landmarks = json.loads((tmp_path / "out" / f"{stem}.json").read_text())["landmarks"]
         assert not any(v["found"] for v in landmarks.values()), stem
