@@ -1,4 +1,5 @@
-"""Path arguments of the bundle command line stay paths, whatever they look like; switches read true/false.
+"""The bundle command line: path arguments stay paths, whatever they look like; switches read true/false; an
+option that names no config id is refused (:func:`unknown_command_line_id`).
 
 ``python -m monai.bundle run`` parses its arguments with python-fire, which turns text that reads as a
 Python literal into that literal before the config sees it: ``--input 2024`` arrives as the int 2024,
@@ -100,4 +101,53 @@ def fire_converted_path(argv: Sequence[str] | None = None) -> LandmarkConfigErro
             return LandmarkConfigError(
                 f"--{name}", f"python-fire read the value as the {what} {value!r}, not as a path; quote it so that it stays "
                 f"text: --{name} \"'{text}'\"")
+    return None
+
+
+def typed_ids(argv: Sequence[str]) -> list[str]:
+    """The option names typed in a ``python -m monai.bundle run ...`` command line (``argv`` without the program),
+    as python-fire passes them on: ``--input x``, ``--input=x`` and ``--in-put x`` all give ``input``."""
+    names = []
+    for token in argv:
+        if token.startswith("--") and len(token) > 2:
+            names.append(token[2:].partition("=")[0].replace("-", "_"))
+    return names
+
+
+def unknown_command_line_id(argv: Sequence[str] | None = None) -> LandmarkConfigError | None:
+    """The first option of a ``python -m monai.bundle run`` command line that names neither a parameter of
+    ``monai.bundle.run`` nor an id of the configs it runs, as a one-line error with the closest known id; None when
+    every option is known, or when the command is not ``run`` with readable ``--config_file`` files.
+
+    ``monai.bundle run`` takes any ``--key value`` as an override and adds an unknown key as a new config id, so
+    ``--inputs scan.nii.gz`` would run on the default input and exit 0. An id with ``#`` is checked by its first
+    part: a new nested id below a known one (``--train#handlers#0#...``) stays allowed. ``argv`` defaults to
+    ``sys.argv[1:]``; relative config paths are read from the working directory, as MONAI reads them."""
+    import ast
+    import difflib
+    import inspect
+
+    from monai.bundle import ConfigParser
+    from monai.bundle.scripts import run
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "run":
+        return None
+    files = typed_text("config_file", ["", *argv])
+    if files is None:
+        return None
+    try:
+        files = ast.literal_eval(files) if files.lstrip().startswith(("[", "(")) else files
+        config = ConfigParser.load_config_files(files)
+    except Exception:  # noqa: BLE001 - an unreadable config file is MONAI's to report, with its own message
+        return None
+    known = set(config) | set(inspect.signature(run).parameters) - {"override"}
+    shown = ", ".join(files) if isinstance(files, (list, tuple)) else files
+    for name in typed_ids(argv[1:]):
+        root = name.split("#")[0]
+        if root in known:
+            continue
+        close = difflib.get_close_matches(root, sorted(known), n=1)
+        hint = f" (did you mean --{close[0]}?)" if close else ""
+        return LandmarkConfigError(f"--{name}", f"no such option: no id '{root}' in {shown}{hint}")
     return None

@@ -22,7 +22,7 @@ from ignite.engine import Events
 from monai.engines import SupervisedEvaluator
 from monai.handlers import CheckpointSaver
 
-from scripts.errors import LandmarkConfigError, LandmarkDataError, LandmarkError
+from scripts.errors import LandmarkConfigError, LandmarkDataError, LandmarkError, bundle_command_running
 
 
 logger = logging.getLogger(__name__)
@@ -36,8 +36,7 @@ def skip_exit_garbage_collection() -> None:
     released, and files closed, as the modules are torn down; only cyclic garbage left at exit is not
     collected. Where anything else is ``__main__`` (a server, pytest) nothing changes.
     """
-    main = sys.modules.get("__main__")
-    if getattr(getattr(main, "__spec__", None), "name", None) == "monai.bundle.__main__":
+    if bundle_command_running():
         gc.freeze()
 
 

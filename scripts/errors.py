@@ -114,6 +114,12 @@ def _bundle_excepthook(kind, value, traceback, fallback=sys.__excepthook__):
     print(exit_line(error), file=sys.stderr, flush=True)
 
 
+def bundle_command_running() -> bool:
+    """Whether this process is a ``python -m monai.bundle ...`` command (also under torchrun), not a server or pytest."""
+    main = sys.modules.get("__main__")
+    return getattr(getattr(main, "__spec__", None), "name", None) == "monai.bundle.__main__"
+
+
 def install_bundle_hook() -> None:
     """Make ``python -m monai.bundle run`` end on a :class:`LandmarkError` with its one line and exit status 1.
 
@@ -122,10 +128,20 @@ def install_bundle_hook() -> None:
     the first step of ``initialize``: it replaces ``sys.excepthook`` with one that finds the LandmarkError in the
     chain (:func:`bundle_error_in`) and prints ``error: <file>: <problem>`` to stderr (Python then exits with 1),
     and strips the traceback from log records about such an error. Every other exception keeps Python's traceback.
-    Idempotent; servers and tests never call it, and see the exceptions themselves."""
+    Idempotent; servers and tests never call it, and see the exceptions themselves.
+
+    In a bundle command it then refuses a command-line option that names no id of the configs
+    (:func:`scripts.cli_args.unknown_command_line_id`: ``--inputs`` for ``--input`` would otherwise run on the
+    default input and exit 0), raising that LandmarkConfigError."""
     if getattr(sys.excepthook, "__name__", "") != _bundle_excepthook.__name__:
         sys.excepthook = functools.partial(_bundle_excepthook, fallback=sys.excepthook)
         functools.update_wrapper(sys.excepthook, _bundle_excepthook)
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, _OneLineTracebacks) for f in handler.filters):
             handler.addFilter(_OneLineTracebacks())
+    if bundle_command_running():
+        from scripts.cli_args import unknown_command_line_id
+
+        error = unknown_command_line_id()
+        if error is not None:
+            raise error

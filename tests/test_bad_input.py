@@ -247,3 +247,28 @@ def test_disk_full_during_inference_leaves_no_partial_case(tmp_path, afids_bundl
         assert sorted(p.name for p in tiny.iterdir()) == [], "nothing of the case, no temp files"
     finally:
         subprocess.run(["umount", str(tiny)], check=False)
+
+
+def test_a_misspelled_option_names_the_closest_id():
+    """monai.bundle run would add ``--inputs`` as a new id and run on the default input: refused, with the id meant."""
+    from scripts.cli_args import typed_ids, unknown_command_line_id
+
+    assert typed_ids(["--input", "a", "--save-png=false", "x", "--train#trainer#max_epochs", "2"]) == [
+        "input", "save_png", "train#trainer#max_epochs"]
+    error = unknown_command_line_id(["run", "--config_file", str(PROJECT / "configs" / "inference.json"), "--inputs", "scan.nii.gz"])
+    assert str(error) == f"--inputs: no such option: no id 'inputs' in {PROJECT / 'configs' / 'inference.json'} (did you mean --input?)"
+    train = [str(PROJECT / "configs" / name) for name in ("train.json", "multi_gpu_train.json")]
+    known = ["--epochs", "8", "--fold=0", "--bundle-root", ".", "--train#trainer#max_epochs", "2", "--meta_file", "m.json"]
+    assert unknown_command_line_id(["run", "--config_file", str(train), *known]) is None, "ids, dashes, nested ids, run's own"
+    assert "did you mean --epochs?" in str(unknown_command_line_id(["run", "--config_file", str(train), "--epoch", "8"]))
+    assert unknown_command_line_id(["run", "--config_file", "missing.json", "--inputs", "x"]) is None, "MONAI names a missing file"
+    assert unknown_command_line_id(["verify_metadata", "--inputs", "x"]) is None, "only run's overrides are ids"
+
+
+def test_bundle_command_refuses_a_misspelled_option_before_running(tmp_path):
+    result = run_cli("-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--inputs", tmp_path / "scan.nii.gz",
+                     "--output_dir", tmp_path / "out")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --inputs: no such option: no id 'inputs' in configs/inference.json (did you mean --input?)")
+    assert not (tmp_path / "out").exists(), "nothing ran"
