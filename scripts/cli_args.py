@@ -13,6 +13,7 @@ line naming the argument, the value it became and the quoting that keeps it text
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -106,29 +107,39 @@ def fire_converted_path(argv: Sequence[str] | None = None) -> LandmarkConfigErro
 
 def typed_ids(argv: Sequence[str]) -> list[str]:
     """The option names typed in a ``python -m monai.bundle run ...`` command line (``argv`` without the program),
-    as python-fire passes them on: ``--input x``, ``--input=x`` and ``--in-put x`` all give ``input``."""
+    as python-fire passes them on as keywords: a token that starts with ``--`` or with ``-`` and a letter, its
+    leading dashes stripped, up to any ``=``, other dashes read as underscores (``--input x``, ``--input=x``,
+    ``-input x`` and ``--in-put x`` all give ``input``; ``-1`` is a value). Tokens after a bare ``--`` are
+    python-fire's own flags (``-- --verbose``), not options."""
     names = []
     for token in argv:
-        if token.startswith("--") and len(token) > 2:
-            names.append(token[2:].partition("=")[0].replace("-", "_"))
+        if token == "--":
+            break
+        if token.startswith("--") and len(token) > 2 or re.match(r"^-[A-Za-z]", token):
+            names.append(token.lstrip("-").partition("=")[0].replace("-", "_"))
     return names
 
 
 def unknown_command_line_id(argv: Sequence[str] | None = None) -> LandmarkConfigError | None:
-    """The first option of a ``python -m monai.bundle run`` command line that names neither a parameter of
-    ``monai.bundle.run`` nor an id of the configs it runs, as a one-line error with the closest known id; None when
-    every option is known, or when the command is not ``run`` with readable ``--config_file`` files.
+    """The first option of a ``python -m monai.bundle run`` command line that names neither an id of the configs it
+    runs nor a keyword that ``monai.bundle.run`` or the workflow it creates takes, as a one-line error with the
+    closest known id; None when every option is known, or when the command is not ``run`` with readable
+    ``--config_file`` files typed on the command line (an ``--args_file`` that names them is not checked).
 
     ``monai.bundle run`` takes any ``--key value`` as an override and adds an unknown key as a new config id, so
-    ``--inputs scan.nii.gz`` would run on the default input and exit 0. An id with ``#`` is checked by its first
-    part: a new nested id below a known one (``--train#handlers#0#...``) stays allowed. ``argv`` defaults to
-    ``sys.argv[1:]``; relative config paths are read from the working directory, as MONAI reads them."""
+    ``--inputs scan.nii.gz`` would run on the default input and exit 0. An id with ``#`` (or MONAI's other
+    separator ``::``) is checked by its first part: a new nested id below a known one (``--train#handlers#0#...``)
+    stays allowed. ``--_meta_#...`` and, with ``--tracking``, the tracking settings MONAI documents are known.
+    ``argv`` defaults to ``sys.argv[1:]``; relative config paths are read from the working directory, as MONAI
+    reads them."""
     import ast
     import difflib
     import inspect
 
     from monai.bundle import ConfigParser
     from monai.bundle.scripts import run
+    from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
+    from monai.bundle.workflows import ConfigWorkflow
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "run":
@@ -141,10 +152,14 @@ def unknown_command_line_id(argv: Sequence[str] | None = None) -> LandmarkConfig
         config = ConfigParser.load_config_files(files)
     except Exception:  # noqa: BLE001 - an unreadable config file is MONAI's to report, with its own message
         return None
-    known = set(config) | set(inspect.signature(run).parameters) - {"override"}
+    keywords = (set(inspect.signature(run).parameters) | set(inspect.signature(ConfigWorkflow.__init__).parameters)) - {"self", "override"}
+    known = set(config) | keywords | {"workflow_name", ConfigParser.meta_key}
+    names = typed_ids(argv[1:])
+    if "tracking" in names:
+        known |= {key for setting in DEFAULT_EXP_MGMT_SETTINGS.values() for key in setting.get("configs", {})}
     shown = ", ".join(files) if isinstance(files, (list, tuple)) else files
-    for name in typed_ids(argv[1:]):
-        root = name.split("#")[0]
+    for name in names:
+        root = name.replace("::", "#").split("#")[0]
         if root in known:
             continue
         close = difflib.get_close_matches(root, sorted(known), n=1)

@@ -253,13 +253,15 @@ def test_a_misspelled_option_names_the_closest_id():
     """monai.bundle run would add ``--inputs`` as a new id and run on the default input: refused, with the id meant."""
     from scripts.cli_args import typed_ids, unknown_command_line_id
 
-    assert typed_ids(["--input", "a", "--save-png=false", "x", "--train#trainer#max_epochs", "2"]) == [
-        "input", "save_png", "train#trainer#max_epochs"]
+    assert typed_ids(["--input", "a", "--save-png=false", "x", "--train#trainer#max_epochs", "2", "-fold", "-1", "--", "--verbose"]) == [
+        "input", "save_png", "train#trainer#max_epochs", "fold"], "as python-fire reads keywords; after a bare -- its own flags"
     error = unknown_command_line_id(["run", "--config_file", str(PROJECT / "configs" / "inference.json"), "--inputs", "scan.nii.gz"])
     assert str(error) == f"--inputs: no such option: no id 'inputs' in {PROJECT / 'configs' / 'inference.json'} (did you mean --input?)"
     train = [str(PROJECT / "configs" / name) for name in ("train.json", "multi_gpu_train.json")]
-    known = ["--epochs", "8", "--fold=0", "--bundle-root", ".", "--train#trainer#max_epochs", "2", "--meta_file", "m.json"]
-    assert unknown_command_line_id(["run", "--config_file", str(train), *known]) is None, "ids, dashes, nested ids, run's own"
+    known = ["--epochs", "8", "--fold=0", "--bundle-root", ".", "--train#trainer#max_epochs", "2", "--train::trainer::x", "1",
+             "--meta_file", "m.json", "--workflow_type", "train", "--_meta_#version", "2", "--tracking", "mlflow", "--run_name", "r"]
+    assert unknown_command_line_id(["run", "--config_file", str(train), *known]) is None, "ids, nested ids, MONAI's keywords"
+    assert "no id 'run_name'" in str(unknown_command_line_id(["run", "--config_file", str(train), "--run_name", "r"])), "tracking's only with it"
     assert "did you mean --epochs?" in str(unknown_command_line_id(["run", "--config_file", str(train), "--epoch", "8"]))
     assert unknown_command_line_id(["run", "--config_file", "missing.json", "--inputs", "x"]) is None, "MONAI names a missing file"
     assert unknown_command_line_id(["verify_metadata", "--inputs", "x"]) is None, "only run's overrides are ids"
