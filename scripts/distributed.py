@@ -12,10 +12,9 @@ Why not just ``dist.init_process_group`` / ``dist.destroy_process_group`` as mod
 
 The gloo threads then still run when the process exits, and a rank sometimes died in C++ teardown (SIGABRT,
 "terminate called without an active exception", what a still-joinable ``std::thread`` destroyed at exit gives;
-torchrun then exits 1 although training had finished). Measured on
-this 2-core machine under CPU load, the test's schedule (tests/test_folds_and_ddp.py): 3 of 20 torchrun runs with the
-model-zoo teardown, 1 of 16 with a barrier before it, 0 of 30 with these two functions, whose groups leave no gloo
-thread behind (checked there).
+torchrun then exits 1 although training had finished). Measured on this 2-core machine under CPU load, with the
+schedule of tests/test_folds_and_ddp.py: 3 of 20 torchrun runs failed with the model-zoo teardown, 1 of 16 with a
+barrier before it, 0 of 30 with these two functions, whose groups leave no gloo thread behind (checked there).
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ def init_process_group() -> None:
     Reads torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT). Imports
     ``torch.distributed.nn`` first, so that its functions' default group is None (the default group, looked up
     at call time) instead of a reference that keeps this group alive. Starts nothing if a group already exists
-(the import then comes too late to help).
+    (the import then comes too late to help).
     """
     import torch.distributed.nn  # noqa: F401  (before the group exists: see the module docstring)
 
